@@ -1,0 +1,189 @@
+"""Distribution layers: shapes, dtypes, closed-form KL, serialisation, mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfp_vae import layers
+
+tfd = tfp.distributions
+
+DATA_SHAPE = (8, 8, 1)
+
+
+def conv_encoder_body():
+    return keras.Sequential([keras.layers.Conv2D(4, 3, strides=2, padding="same",
+                                                 activation="relu")])
+
+
+def conv_decoder_body():
+    return keras.Sequential([keras.layers.Dense(4 * 4 * 4, activation="relu"),
+                             keras.layers.Reshape((4, 4, 4)),
+                             keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")])
+
+
+# Each case: a layer factory, its input shape, expected batch and event shape.
+CASES = {
+    "encoder_mlp": (lambda: layers.GaussianEncoder(3, hidden_units=(16,)), DATA_SHAPE, (3,)),
+    "encoder_affine": (lambda: layers.GaussianEncoder(3, hidden_units=()), DATA_SHAPE, (3,)),
+    "encoder_conv": (lambda: layers.GaussianEncoder(3, body=conv_encoder_body()),
+                     DATA_SHAPE, (3,)),
+    "bernoulli_mlp": (lambda: layers.BernoulliDecoder(DATA_SHAPE, hidden_units=(16,)),
+                      (3,), DATA_SHAPE),
+    "bernoulli_conv": (lambda: layers.BernoulliDecoder(DATA_SHAPE, body=conv_decoder_body()),
+                       (3,), DATA_SHAPE),
+    "normal_fixed": (lambda: layers.NormalDecoder(DATA_SHAPE, scale=0.5, hidden_units=(16,)),
+                     (3,), DATA_SHAPE),
+    "normal_scalar": (lambda: layers.NormalDecoder(DATA_SHAPE, scale="scalar",
+                                                   hidden_units=()), (3,), DATA_SHAPE),
+    "normal_diagonal": (lambda: layers.NormalDecoder(DATA_SHAPE, scale="diagonal",
+                                                     hidden_units=(16,)), (3,), DATA_SHAPE),
+    "normal_conv": (lambda: layers.NormalDecoder(DATA_SHAPE, scale="scalar",
+                                                 body=conv_decoder_body()), (3,), DATA_SHAPE),
+}
+
+
+def _input(shape, batch=5, seed=0):
+    return tf.random.stateless_uniform((batch,) + shape, seed=(seed, 1))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_shapes_dtype_and_params_size(case):
+    make, in_shape, event = CASES[case]
+    layer = make()
+    dist = layer(_input(in_shape))
+    assert isinstance(dist, tfd.Distribution)
+    assert dist.batch_shape == [5]
+    assert dist.event_shape == list(event)
+    assert dist.dtype == tf.float32
+    sample = dist.sample(seed=(1, 2))
+    assert sample.shape == (5,) + event
+    assert dist.log_prob(sample).shape == (5,)
+    assert np.all(np.isfinite(dist.log_prob(sample).numpy()))
+    head_units = layer.head.kernel.shape[-1]
+    if case.startswith("encoder"):
+        assert head_units == layers.GaussianEncoder.params_size(3) == 6
+    elif "conv" in case:   # per-pixel head on a spatial body
+        assert head_units == DATA_SHAPE[-1]
+    else:
+        assert head_units == type(layer).params_size(DATA_SHAPE) == np.prod(DATA_SHAPE)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_get_config_round_trip_gives_identical_outputs(case):
+    make, in_shape, _ = CASES[case]
+    layer = make()
+    x = _input(in_shape)
+    dist = layer(x)
+    config = keras.saving.serialize_keras_object(layer)
+    clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    clone.build((None,) + in_shape)
+    clone.set_weights(layer.get_weights())
+    assert type(clone) is type(layer)
+    np.testing.assert_array_equal(clone(x).mean().numpy(), dist.mean().numpy())
+    np.testing.assert_array_equal(clone(x).stddev().numpy(), dist.stddev().numpy())
+
+
+def test_encoder_analytic_kl_is_the_closed_form():
+    encoder = layers.GaussianEncoder(4, hidden_units=(16,))
+    q = encoder(_input(DATA_SHAPE, batch=7) * 3.0)
+    prior = tfd.MultivariateNormalDiag(loc=tf.zeros(4))
+    mu, sigma = q.mean().numpy().astype(np.float64), q.stddev().numpy().astype(np.float64)
+    closed_form = 0.5 * np.sum(sigma**2 + mu**2 - np.log(sigma**2) - 1.0, axis=-1)
+    np.testing.assert_allclose(tfd.kl_divergence(q, prior).numpy(), closed_form, rtol=1e-5)
+
+
+def test_monte_carlo_kl_converges_to_the_analytic_kl():
+    encoder = layers.GaussianEncoder(4, hidden_units=(16,))
+    q = encoder(_input(DATA_SHAPE, batch=6) * 3.0)
+    prior = tfd.MultivariateNormalDiag(loc=tf.zeros(4))
+    exact = tfd.kl_divergence(q, prior).numpy()
+    errors = []
+    for i, n in enumerate((10, 1000, 100000)):
+        z = q.sample(n, seed=(3, i))
+        terms = (q.log_prob(z) - prior.log_prob(z)).numpy()       # [n, B]
+        estimate = terms.mean(0)
+        stderr = terms.std(0) / np.sqrt(n)
+        # Unbiased: within 5 standard errors at every sample size.
+        assert np.all(np.abs(estimate - exact) < 5 * stderr + 1e-4)
+        errors.append(np.max(np.abs(estimate - exact) / exact))
+    # Converges: at 100,000 draws the estimate is within 1% of the closed form.
+    assert errors[-1] < 0.01 and errors[-1] < errors[0]
+
+
+def test_bernoulli_log_prob_is_negative_cross_entropy():
+    decoder = layers.BernoulliDecoder((4,), hidden_units=())
+    z = _input((2,), batch=3)
+    p = decoder(z)
+    x = tf.constant([[0.0, 1.0, 0.3, 1.0]] * 3)
+    probs = p.mean().numpy().astype(np.float64)
+    xx = x.numpy()
+    bce = -(xx * np.log(probs) + (1 - xx) * np.log1p(-probs)).sum(-1)
+    np.testing.assert_allclose(-p.log_prob(x).numpy(), bce, rtol=1e-5)
+
+
+def test_normal_decoder_unit_scale_is_half_squared_error():
+    decoder = layers.NormalDecoder((4,), scale=1.0, hidden_units=(8,))
+    p = decoder(_input((2,), batch=3))
+    x = _input((4,), batch=3, seed=5)
+    sq = ((x - p.mean()).numpy() ** 2).sum(-1)
+    np.testing.assert_allclose(-p.log_prob(x).numpy(), 0.5 * sq + 2 * np.log(2 * np.pi),
+                               rtol=1e-5)
+
+
+def test_learned_scales_are_trainable_variables():
+    scalar = layers.NormalDecoder((4,), scale="scalar", hidden_units=())
+    diagonal = layers.NormalDecoder((4,), scale="diagonal", hidden_units=())
+    for decoder, shape in ((scalar, ()), (diagonal, (4,))):
+        decoder(_input((2,)))
+        assert decoder.raw_scale.shape == shape
+        assert any(v is decoder.raw_scale for v in decoder.trainable_variables)
+        np.testing.assert_allclose(decoder.scale_tensor().numpy(), 1.0 + 1e-4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_heads_compute_in_float32_under_mixed_precision(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        encoder = layers.GaussianEncoder(3, hidden_units=(16,))
+        decoder = layers.BernoulliDecoder(DATA_SHAPE, hidden_units=(16,))
+        q = encoder(_input(DATA_SHAPE))
+        p = decoder(q.sample(seed=(1, 1)))
+        assert encoder.body.layers[0].compute_dtype == policy.split("_")[1]
+        assert q.dtype == tf.float32 and p.dtype == tf.float32
+        assert p.log_prob(_input(DATA_SHAPE)).dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_dense_transpose_shares_the_kernel_variable():
+    dense = keras.layers.Dense(3)
+    dense(tf.zeros([1, 5]))
+    tied = layers.DenseTranspose(dense, activation="sigmoid")
+    x = _input((3,))
+    y = tied(x)
+    assert y.shape == (5, 5)
+    np.testing.assert_allclose(
+        y.numpy(), tf.sigmoid(x @ tf.transpose(dense.kernel) + tied.bias).numpy(), rtol=1e-6)
+    # The kernel is the Dense's own variable; only the bias [5] is new.
+    assert len(tied.trainable_variables) == 2
+    assert tied.trainable_variables[0] is dense.kernel
+    assert tied.bias.shape == (5,)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tied(x))
+    assert tape.gradient(loss, dense.kernel) is not None
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: layers.GaussianEncoder(0),
+    lambda: layers.GaussianEncoder(2, hidden_units=(0,)),
+    lambda: layers.BernoulliDecoder(()),
+    lambda: layers.NormalDecoder((4,), scale=-1.0),
+    lambda: layers.NormalDecoder((4,), scale="full"),
+])
+def test_bad_arguments_raise_clear_errors(bad):
+    with pytest.raises(ValueError) as info:
+        bad()
+    assert "\n" not in str(info.value)
