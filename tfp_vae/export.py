@@ -1,0 +1,79 @@
+"""SavedModel export: the VAE as graph-only signatures that need only TensorFlow.
+
+    export_saved_model(vae, "saved_model")
+    m = tf.saved_model.load("saved_model")            # no tfp_vae import needed
+    m.signatures["encode"](x=images)                 # {"loc": [B, K], "scale": [B, K]}
+
+Signatures (all float32; x is `[B, *data_shape]` in [0, 1], z is `[B, K]`):
+  encode(x)          -> loc, scale                 q(z|x)'s mean and standard deviation
+  decode(z)          -> mean                       E[x|z] (pixel probabilities for Bernoulli)
+  sample(n, seed)    -> mean, z                    decoder means of n prior draws; seed int32 [2]
+  reconstruct(x)     -> mean                       E[x | z = E_q[z]]
+  elbo(x, seed)      -> elbo, reconstruction, kl   per example, nats; seed int32 [2]
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfp_vae import files
+
+SIGNATURES = ("encode", "decode", "sample", "reconstruct", "elbo")
+
+
+class _Exported(tf.Module):
+    def __init__(self, vae, data_shape):
+        super().__init__(name="tfp_vae_export")
+        self.vae = vae
+        x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
+        z_spec = tf.TensorSpec([None, vae.latent_dim], tf.float32, name="z")
+        seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+        n_spec = tf.TensorSpec([], tf.int32, name="n")
+        self.encode = tf.function(self._encode, input_signature=[x_spec])
+        self.decode = tf.function(self._decode, input_signature=[z_spec])
+        self.sample = tf.function(self._sample, input_signature=[n_spec, seed_spec])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[x_spec])
+        self.elbo = tf.function(self._elbo, input_signature=[x_spec, seed_spec])
+
+    def _encode(self, x):
+        q = self.vae.encode(x)
+        return {"loc": q.mean(), "scale": q.stddev()}
+
+    def _decode(self, z):
+        return {"mean": self.vae.decode(z).mean()}
+
+    def _sample(self, n, seed):
+        z = self.vae.prior_distribution().sample(n, seed=seed)
+        return {"mean": self.vae.decode(z).mean(), "z": z}
+
+    def _reconstruct(self, x):
+        return {"mean": self.vae(x)}
+
+    def _elbo(self, x, seed):
+        terms = self.vae.elbo(x, seed=seed)
+        return {"elbo": terms.elbo, "reconstruction": terms.reconstruction, "kl": terms.kl}
+
+
+def export_saved_model(vae, path: str, data_shape=None) -> str:
+    """Writes `vae` as a SavedModel at `path` (atomically); returns `path`.
+
+    data_shape: one example's shape; default: the shape the model was built with.
+    """
+    if data_shape is None:
+        data_shape = _built_data_shape(vae)
+    module = _Exported(vae, tuple(int(d) for d in data_shape))
+    with files.atomic_directory(path) as tmp:
+        tf.saved_model.save(module, tmp, signatures={name: getattr(module, name)
+                                                     for name in SIGNATURES})
+    return path
+
+
+def _built_data_shape(vae):
+    decoder_shape = getattr(vae.decoder, "data_shape", None)
+    if decoder_shape is not None:
+        return decoder_shape
+    shapes = getattr(vae, "_build_shapes_dict", None) or {}
+    shape = next(iter(shapes.values()), None)
+    if shape is None:
+        raise ValueError("cannot tell the data shape: pass data_shape= to export_saved_model")
+    return tuple(shape[1:])
