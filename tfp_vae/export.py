@@ -10,6 +10,8 @@ Signatures (all float32; x is `[B, *data_shape]` in [0, 1], z is `[B, K]`):
   sample(n, seed)    -> mean, z                    decoder means of n prior draws; seed int32 [2]
   reconstruct(x)     -> mean                       E[x | z = E_q[z]]
   elbo(x, seed)      -> elbo, reconstruction, kl   per example, nats; seed int32 [2]
+  iwae(x, k, seed)   -> log_likelihood             ln (1/k) Σ w, the IWAE-k estimate of
+                                                   ln p(x) per example, nats; k int32 []
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import tensorflow as tf
 
 from tfp_vae import files
 
-SIGNATURES = ("encode", "decode", "sample", "reconstruct", "elbo")
+SIGNATURES = ("encode", "decode", "sample", "reconstruct", "elbo", "iwae")
+# The iwae signature draws k at run time in chunks of this many samples
+# (memory O(chunk · B); k need not be a multiple of it).
+IWAE_CHUNK = 100
 
 
 class _Exported(tf.Module):
@@ -34,6 +39,8 @@ class _Exported(tf.Module):
         self.sample = tf.function(self._sample, input_signature=[n_spec, seed_spec])
         self.reconstruct = tf.function(self._reconstruct, input_signature=[x_spec])
         self.elbo = tf.function(self._elbo, input_signature=[x_spec, seed_spec])
+        self.iwae = tf.function(self._iwae, input_signature=[
+            x_spec, tf.TensorSpec([], tf.int32, name="k"), seed_spec])
 
     def _encode(self, x):
         q = self.vae.encode(x)
@@ -52,6 +59,11 @@ class _Exported(tf.Module):
     def _elbo(self, x, seed):
         terms = self.vae.elbo(x, seed=seed)
         return {"elbo": terms.elbo, "reconstruction": terms.reconstruction, "kl": terms.kl}
+
+    def _iwae(self, x, k, seed):
+        with tf.control_dependencies([tf.debugging.assert_positive(k, message="k must be >= 1")]):
+            k = tf.identity(k)
+        return {"log_likelihood": self.vae.iwae_bound(x, k, seed=seed, chunk_size=IWAE_CHUNK)}
 
 
 def export_saved_model(vae, path: str, data_shape=None) -> str:

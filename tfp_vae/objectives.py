@@ -121,15 +121,24 @@ def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
     are drawn `chunk_size` at a time and folded into a running logsumexp,
     so memory is O(chunk_size · B) whatever k is; k = 5000 fits easily.
     Gradients flow through it (the IWAE objective) when it runs in one chunk
-    or inside a tape.
+    or inside a tape. `num_samples` may be a scalar int32 tensor (a k chosen
+    at call time, as in the SavedModel's `iwae` signature); it then needs a
+    Python `chunk_size` and always takes the chunked path.
     """
-    num_samples = int(num_samples)
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    chunk = num_samples if chunk_size is None else max(1, min(int(chunk_size), num_samples))
-    if chunk == num_samples:
+    if tf.is_tensor(num_samples):
+        if chunk_size is None:
+            raise ValueError("a tensor num_samples needs a Python int chunk_size")
+        chunk = max(1, int(chunk_size))
+        log_k = tf.math.log(tf.cast(num_samples, posterior.dtype))
+    else:
+        num_samples = int(num_samples)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        chunk = num_samples if chunk_size is None else max(1, min(int(chunk_size), num_samples))
+        log_k = math.log(num_samples)
+    if not tf.is_tensor(num_samples) and chunk == num_samples:
         lw = log_weights(x, posterior, decode, prior, seed=seed, num_samples=num_samples)
-        return tf.reduce_logsumexp(lw, axis=0) - math.log(num_samples)
+        return tf.reduce_logsumexp(lw, axis=0) - log_k
 
     num_chunks = -(-num_samples // chunk)
     seeds = tfp.random.split_seed(seed, n=num_chunks)
@@ -151,4 +160,4 @@ def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
         lambda i, *_: i < num_chunks, body,
         (tf.constant(0), tf.fill([batch], tf.constant(-float("inf"), dtype)),
          tf.zeros([batch], dtype)))
-    return m + tf.math.log(s) - math.log(num_samples)
+    return m + tf.math.log(s) - log_k

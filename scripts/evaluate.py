@@ -1,0 +1,93 @@
+"""Evaluate a trained VAE: test ELBO, IWAE-k log-likelihood, active units, linear probe.
+
+    python scripts/evaluate.py --workdir=runs/default              # latest checkpoint
+    python scripts/evaluate.py --saved_model=runs/default/saved_model --k=5000
+
+Prints a table and writes it as JSON (default `WORKDIR/evaluation.json`, or
+`saved_model_evaluation.json` beside a SavedModel). All numbers are nats per
+example except the counts and the probe's accuracy.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory: evaluates its "
+                               "latest checkpoint.")
+_SAVED_MODEL = flags.DEFINE_string("saved_model", None, "A SavedModel directory (from "
+                                   "export_saved_model) to evaluate instead of a workdir.")
+_K = flags.DEFINE_integer("k", 1000, "Importance samples per example for the IWAE estimate.",
+                          lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Examples per evaluation step.",
+                                   lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", None, "Seed of the z draws (default: the run's).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON result.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the data set's files are "
+                                "(default: the run's).")
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
+                           "Which split to evaluate on.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N examples (default: the "
+                              "run's limit).", lower_bound=1)
+_PROBE = flags.DEFINE_bool("probe", True, "Fit a linear probe on the training split's codes.")
+_JIT = flags.DEFINE_bool("jit", True, "Compile the evaluation with XLA.")
+
+# (key, label, format) of the on-screen table, in order; absent keys are skipped.
+_ROWS = (
+    ("elbo", "ELBO", "{:.2f} nats"),
+    ("reconstruction", "  reconstruction E_q[ln p(x|z)]", "{:.2f} nats"),
+    ("kl", "  KL(q(z|x) || p(z))", "{:.2f} nats"),
+    ("iwae", "IWAE-{k} estimate of ln p(x)", "{:.2f} nats"),
+    ("active_units", "active units (Var E_q[z_u] > 0.01)", "{} of {latent_dim}"),
+    ("linear_probe_accuracy", "linear probe accuracy", "{:.3f}"),
+)
+
+
+def format_table(result: dict) -> str:
+    """The result as aligned `label  value` lines, a header line first."""
+    where = result.get("checkpoint") or "SavedModel"
+    lines = [f"{result['path']} ({where}), {result['split']} split, "
+             f"{result['num_examples']} examples, seed {result['seed']}"]
+    for key, label, fmt in _ROWS:
+        if key == "iwae":
+            key = f"iwae_{result['k']}"
+        if key not in result:
+            continue
+        lines.append(f"  {label.format(**result):<38} {fmt.format(result[key], **result)}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
+        print("error: pass exactly one of --workdir and --saved_model", file=sys.stderr)
+        return 2
+    from absl import logging
+
+    from tfp_vae import config as config_lib
+    from tfp_vae import data, evaluate
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    options = dict(k=_K.value, split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
+                   seed=_SEED.value, limit=_LIMIT.value, data_dir=_DATA_DIR.value,
+                   output=_OUTPUT.value, probe=_PROBE.value, jit=_JIT.value)
+    try:
+        if _WORKDIR.value is not None:
+            result = evaluate.evaluate_workdir(_WORKDIR.value, **options)
+        else:
+            result = evaluate.evaluate_saved_model(_SAVED_MODEL.value, **options)
+    except (evaluate.EvaluationError, config_lib.ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    output = _OUTPUT.value or evaluate.default_output(_WORKDIR.value, _SAVED_MODEL.value)
+    print(format_table(result))
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,295 @@
+"""Evaluating a trained VAE: test ELBO, IWAE-k log-likelihood, active units, linear probe.
+
+    result = evaluate_workdir("runs/default", k=1000)        # writes runs/default/evaluation.json
+    result = evaluate_saved_model("runs/default/saved_model", k=1000)
+
+Every function takes either a `tfp_vae.models.VAE` or a SavedModel written by
+`export.export_saved_model` (as `tf.saved_model.load` returns it): both are
+read through the same three functions — ELBO terms, IWAE bound, posterior
+mean — so a run gives the same numbers in either form, seed for seed.
+
+Seeds: batch i of an evaluation draws with the stateless seed (seed, 1000 + i),
+the ELBO and the IWAE bound alike, so a number depends on (seed, batch_size)
+and nothing else. Under XLA (`jit=True`) the stateless samplers draw other
+numbers than outside it, so compare runs made in the same mode.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfp_vae import data, factory, files, train
+from tfp_vae.config import Config
+
+# Batch i of an evaluation uses seed (seed, _SEED_OFFSET + i); train's end-of-run
+# metrics use the same scheme, so `evaluate_workdir` reproduces metrics.json.
+_SEED_OFFSET = 1000
+
+
+class EvaluationError(ValueError):
+    """Nothing to evaluate (no workdir, checkpoint or SavedModel); the message is one line."""
+
+
+class _Model(NamedTuple):
+    """What evaluation needs of a model, whichever form it comes in."""
+
+    elbo: Callable        # (x [B, *data], seed [2]) -> (elbo, reconstruction, kl), each [B] nats
+    iwae: Callable        # (x [B, *data], k, seed [2]) -> [B] nats
+    encode_mean: Callable  # x [B, *data] -> E_q[z] [B, K]
+
+
+def _as_model(model, chunk_size: int) -> _Model:
+    signatures = getattr(model, "signatures", None)
+    if signatures is None:       # a Keras VAE
+        return _Model(
+            elbo=lambda x, s: tuple(model.elbo(x, seed=s)),
+            iwae=lambda x, k, s: model.iwae_bound(x, k, seed=s, chunk_size=chunk_size),
+            encode_mean=lambda x: model.encode(x).mean())
+    missing = [name for name in ("encode", "elbo", "iwae") if name not in signatures]
+    if missing:
+        raise EvaluationError(f"the SavedModel has no {', '.join(missing)} signature; "
+                              "re-export it with tfp_vae.export.export_saved_model")
+    return _Model(
+        elbo=lambda x, s: tuple(signatures["elbo"](x=x, seed=s)[name]
+                                for name in ("elbo", "reconstruction", "kl")),
+        # The signature takes k as a tensor; a constant here lets XLA see its value.
+        iwae=lambda x, k, s: signatures["iwae"](x=x, k=tf.constant(k, tf.int32),
+                                                seed=s)["log_likelihood"],
+        encode_mean=lambda x: signatures["encode"](x=x)["loc"])
+
+
+def _batches(x: np.ndarray, batch_size: int, seed: int):
+    """(x[start:start + batch_size], seed (seed, 1000 + i)) for batch i."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        yield (tf.constant(x[start:start + batch_size]),
+               tf.constant([seed, _SEED_OFFSET + i], tf.int32))
+
+
+def elbo_terms(vae, x: np.ndarray, *, seed: int = 0, batch_size: int = 500,
+               jit: bool = True) -> dict[str, float]:
+    """Mean ELBO, reconstruction E_q[ln p(x|z)] and KL over x `[N, *data]`: nats per example.
+
+    One z draw per example, analytic KL where it exists (the model's `elbo`).
+    """
+    model = _as_model(vae, chunk_size=1)
+    fn = tf.function(model.elbo, jit_compile=jit)
+    terms = [fn(xb, s) for xb, s in _batches(x, batch_size, seed)]
+    return {name: float(np.mean(np.concatenate([t[i].numpy() for t in terms]), dtype=np.float64))
+            for i, name in enumerate(("elbo", "reconstruction", "kl"))}
+
+
+def iwae_log_likelihood(vae, x: np.ndarray, k: int = 1000, *, seed: int = 0,
+                        batch_size: int = 100, chunk_size: int = 100,
+                        jit: bool = True) -> tuple[float, np.ndarray]:
+    """The IWAE-k estimate of ln p(x): (mean over x, per example `[N]`), nats.
+
+    A lower bound on ln p(x) in expectation that tightens as k grows
+    (Burda et al. 2016); k = 1000 or 5000 is the usual "test log-likelihood".
+    Memory is O(chunk_size · batch_size · D); a SavedModel draws in chunks of
+    `export.IWAE_CHUNK` whatever `chunk_size` says.
+    """
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    model = _as_model(vae, chunk_size=chunk_size)
+    fn = tf.function(lambda xb, s: model.iwae(xb, k, s), jit_compile=jit)
+    values = np.concatenate([fn(xb, s).numpy() for xb, s in _batches(x, batch_size, seed)])
+    return float(np.mean(values, dtype=np.float64)), values
+
+
+def latent_means(vae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """E_q(z|x)[z] for every example of x `[N, *data]`: `[N, K]`."""
+    fn = tf.function(_as_model(vae, chunk_size=1).encode_mean)
+    return np.concatenate([fn(xb).numpy() for xb, _ in _batches(x, batch_size, 0)])
+
+
+def active_units(vae, x: np.ndarray, threshold: float = 0.01,
+                 batch_size: int = 500) -> tuple[int, np.ndarray]:
+    """Burda et al.'s active units: A_u = Var_x(E_q(z|x)[z_u]) > threshold.
+
+    Returns (the number of active dimensions, the variances `[K]`); the
+    variance is over the examples of x `[N, *data]` (1/N, not 1/(N − 1)).
+    A dimension whose posterior mean ignores x is inactive: the model does
+    not use it to carry information about x.
+    """
+    variances = np.var(latent_means(vae, x, batch_size).astype(np.float64), axis=0)
+    return int(np.sum(variances > threshold)), variances
+
+
+def probe_accuracy(codes_train: np.ndarray, y_train: np.ndarray, codes_test: np.ndarray,
+                   y_test: np.ndarray, max_iter: int = 2000) -> float:
+    """Test accuracy of a logistic regression on standardised codes `[N, K]`, in [0, 1]."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    probe.fit(codes_train, y_train)
+    return float(probe.score(codes_test, y_test))
+
+
+def linear_probe(vae, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray, *, batch_size: int = 500, max_iter: int = 2000) -> float:
+    """How linearly the posterior means separate the classes: test accuracy in [0, 1].
+
+    A logistic regression on the standardised E_q[z] of x_train `[N, *data]`
+    (labels y_train `[N]`), scored on x_test.
+    """
+    return probe_accuracy(latent_means(vae, x_train, batch_size), y_train,
+                          latent_means(vae, x_test, batch_size), y_test, max_iter=max_iter)
+
+
+def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None,
+                   batch_size: int | None = None, seed: int | None = None) -> dict:
+    """Test ELBO terms and the IWAE-k log-likelihood estimate, nats per example.
+
+    x: raw images `[N, *data]` in [0, 1], binarised here as the run's
+    evaluation data are (one fixed draw); defaults from `config`
+    (eval_iwae_k, batch_size, seed, jit). Used for the run's metrics.json.
+    """
+    k = iwae_k or config.eval_iwae_k
+    batch_size = batch_size or config.batch_size
+    seed = config.seed if seed is None else seed
+    xb = train.binarized(config, x)
+    out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=config.jit)
+    out[f"iwae_{k}"], _ = iwae_log_likelihood(vae, xb, k, seed=seed, batch_size=batch_size,
+                                              jit=config.jit)
+    out["num_examples"] = int(len(x))
+    return out
+
+
+# -- from a run's workdir or a SavedModel --------------------------------------------
+
+
+def default_output(workdir: str | None = None, saved_model: str | None = None) -> str:
+    """Where an evaluation's JSON goes unless told: `workdir/evaluation.json`, or
+    `saved_model_evaluation.json` beside the SavedModel directory."""
+    if workdir is not None:
+        return os.path.join(workdir, "evaluation.json")
+    return os.path.join(os.path.dirname(os.path.normpath(saved_model)),
+                        "saved_model_evaluation.json")
+
+
+def load_config(workdir: str) -> Config:
+    """The Config a run wrote to `workdir/config.json`."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise EvaluationError(f"no workdir {workdir}; pass the --workdir of a training run")
+    if not os.path.exists(path):
+        raise EvaluationError(f"{workdir} has no config.json; pass the --workdir of a "
+                              "training run")
+    try:
+        return Config.from_dict(files.read_json(path))
+    except (ValueError, TypeError) as e:
+        raise EvaluationError(f"{path} is not a valid config ({str(e).splitlines()[0]})") from None
+
+
+def restore_vae(workdir: str, config: Config | None = None):
+    """The VAE of a run at its latest readable checkpoint: (vae, checkpoint path, step)."""
+    config = config or load_config(workdir)
+    if config.model != "vae":
+        raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates VAEs")
+    shape = data.data_shape(config.dataset, data_dir=config.data_dir)
+    vae = factory.build_vae(config, shape)
+    # The optimizer rides along so the checkpoint matches whole and tells the step.
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer.build(vae.trainable_variables)
+    restored = train._Checkpoints(vae, optimizer, os.path.join(workdir, "checkpoints")).restore()
+    if restored is None:
+        raise EvaluationError(f"{workdir} has no readable checkpoint in checkpoints/; "
+                              "train first (scripts/train.py --workdir=...)")
+    return vae, restored, int(optimizer.iterations.numpy())
+
+
+def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, seed: int | None,
+              limit: int | None, probe: bool, jit: bool) -> dict:
+    """Every number of an evaluation; images binarised as the run's evaluation data are."""
+    seed = config.seed if seed is None else seed
+    limit = config.limit if limit is None else limit
+    x, y = data.load_arrays(config.dataset, split, data_dir=config.data_dir)
+    x, y = x[:limit], (None if y is None else y[:limit])
+    # tf.data's fixed binarisation draw also depends on the global seed, which
+    # the run set to config.seed: set it alike to see the run's very images.
+    keras.utils.set_random_seed(config.seed)
+    xb = train.binarized(config, x)
+    out = {"split": split, "num_examples": int(len(x)), "seed": seed, "batch_size": batch_size,
+           "k": k, "jit": jit}
+    out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
+    out[f"iwae_{k}"], _ = iwae_log_likelihood(model, xb, k, seed=seed, batch_size=batch_size,
+                                              jit=jit)
+    count, variances = active_units(model, xb)
+    out.update(active_units=count, latent_dim=int(len(variances)),
+               active_unit_variances=[float(v) for v in variances])
+    if probe and y is not None:
+        x_train, y_train = data.load_arrays(config.dataset, "train", data_dir=config.data_dir)
+        if y_train is not None:
+            # The probe learns from the training split, the run's `limit` applied.
+            x_train, y_train = x_train[:config.limit], y_train[:config.limit]
+            out["linear_probe_accuracy"] = linear_probe(
+                model, train.binarized(config, x_train), y_train, xb, y)
+    return out
+
+
+def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_size: int = 100,
+                     seed: int | None = None, limit: int | None = None,
+                     data_dir: str | None = None, output: str | None = None,
+                     probe: bool = True, jit: bool = True) -> dict:
+    """Evaluates a run's latest checkpoint; writes the result to `output`
+    (default `workdir/evaluation.json`) and returns it.
+
+    ELBO, reconstruction, KL and iwae_{k} are nats per example over the
+    split's first `limit` images (default: the run's limit); seed defaults to
+    the run's. With k = eval_iwae_k and batch_size = the run's, the ELBO and
+    IWAE numbers repeat the run's metrics.json.
+    """
+    config = load_config(workdir)
+    if data_dir is not None:
+        config = config.replace(data_dir=data_dir)
+    vae, checkpoint, step = restore_vae(workdir, config)
+    out = {"source": "workdir", "path": workdir, "checkpoint": os.path.basename(checkpoint),
+           "step": step, "dataset": config.dataset}
+    out.update(_evaluate(vae, config, k=k, split=split, batch_size=batch_size, seed=seed,
+                         limit=limit, probe=probe, jit=jit))
+    files.write_json(output or default_output(workdir=workdir), out)
+    return out
+
+
+def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 1000,
+                         split: str = "test", batch_size: int = 100, seed: int | None = None,
+                         limit: int | None = None, data_dir: str | None = None,
+                         output: str | None = None, probe: bool = True,
+                         jit: bool = True) -> dict:
+    """Evaluates an exported SavedModel through its signatures (encode, elbo, iwae).
+
+    The data set, binarisation, seed and limit come from `config`, by default
+    the config.json of the run the SavedModel sits in (`path/../config.json`),
+    else the defaults of `Config()`. Writes the result to `output` (default
+    `path/../saved_model_evaluation.json`) and returns it.
+    """
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise EvaluationError(f"no SavedModel at {path} (no saved_model.pb); pass the "
+                              "saved_model/ folder of a run, or export one")
+    parent = os.path.dirname(os.path.abspath(path))
+    if config is None:
+        config = (load_config(parent) if os.path.exists(os.path.join(parent, "config.json"))
+                  else Config())
+    if data_dir is not None:
+        config = config.replace(data_dir=data_dir)
+    model = tf.saved_model.load(path)
+    out = {"source": "saved_model", "path": path, "dataset": config.dataset}
+    out.update(_evaluate(model, config, k=k, split=split, batch_size=batch_size, seed=seed,
+                         limit=limit, probe=probe, jit=jit))
+    files.write_json(output or default_output(saved_model=path), out)
+    return out
+
+
+__all__ = ["EvaluationError", "active_units", "default_output", "elbo_terms", "evaluate_model",
+           "evaluate_saved_model", "evaluate_workdir", "iwae_log_likelihood", "latent_means",
+           "linear_probe", "load_config", "probe_accuracy", "restore_vae"]
