@@ -1,0 +1,61 @@
+"""scripts/benchmark.py end to end on a handful of steps: its JSON, not its speed."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIGURES = ("train_examples_per_sec", "eval_examples_per_sec", "iwae_samples_per_sec",
+           "peak_rss_mb")
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    output = tmp_path_factory.mktemp("benchmark") / "benchmark.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--steps=1",
+         "--warmup_steps=1", "--repeats=1", "--idioms=tf_tutorial", "--throughput_iwae_k=4",
+         "--iwae_k=7", "--iwae_examples=30", "--iwae_batch=20", f"--output={output}"],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)
+    assert json.loads(output.read_text()) == printed     # --output holds what was printed
+    return printed
+
+
+def test_json_has_every_figure_as_a_positive_finite_number(report):
+    for figure in FIGURES:
+        assert positive_finite(report["tfp_vae"][figure]), figure
+        assert positive_finite(report["references"]["tf_tutorial"][figure]), figure
+    for key in ("flop_bound_examples_per_sec", "matmul_peak_gflops",
+                "train_flops_per_example", "forward_flops_per_example"):
+        assert positive_finite(report[key]), key
+    assert set(report["ratios"]) >= {"train_vs_tf_tutorial", "eval_vs_tf_tutorial",
+                                     "iwae_vs_tf_tutorial", "train_vs_flop_bound"}
+    assert all(positive_finite(v) for v in report["ratios"].values())
+
+
+def test_flops_are_counted_from_the_layer_sizes(report):
+    # Encoder 784-512-512-64, decoder 32-512-512-784: 2nm FLOPs per Dense n->m.
+    forward = 2 * (784 * 512 + 512 * 512 + 512 * 64) + 2 * (32 * 512 + 512 * 512 + 512 * 784)
+    assert report["forward_flops_per_example"] == forward
+    assert report["train_flops_per_example"] == 3 * forward
+    assert report["flop_bound_examples_per_sec"] == pytest.approx(
+        report["matmul_peak_gflops"] * 1e9 / (3 * forward))
+
+
+def test_bounded_memory_iwae_probe_reports_its_run(report):
+    probe = report["iwae_bounded_memory"]
+    assert probe["k"] == 7 and probe["examples"] == 30
+    assert positive_finite(probe["samples_per_sec"]) and positive_finite(probe["peak_rss_mb"])
+    # A log-likelihood bound of binarised digits: negative, hundreds of nats at most.
+    assert -2000 < probe["mean_bound_nats"] < 0

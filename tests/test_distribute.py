@@ -1,0 +1,226 @@
+"""tf.distribute: Mirrored over two logical CPUs, MultiWorkerMirrored over two
+local processes, checkpoints across strategies, and per-replica seeds.
+
+Logical devices must be configured before TensorFlow initialises its devices,
+and each multi-worker task needs a process of its own, so the distributed
+code runs in subprocesses that print JSON; the tests read it.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+# Shared by every subprocess: the repository on the path, TF quiet.
+_PRELUDE = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import numpy as np
+import tensorflow as tf
+"""
+
+_MIRRORED = _PRELUDE + """
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tfp_vae import data, factory, train
+from tfp_vae.config import Config
+
+workdir = sys.argv[1]
+config = Config(latent_dim=8, hidden_units=(64,), batch_size=64, epochs=3, seed=5,
+                steps_per_execution=1)
+x = data.load_arrays("mnist_5k", "train")[0][:512]
+out = {}
+
+def run(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)
+        model = factory.build_vae(config, x.shape[1:])
+        optimizer = train.compile_model(model, config)
+    losses = [model.fit(train.train_dataset(config, x, e), initial_epoch=e, epochs=e + 1,
+                        verbose=0).history["loss"][0] for e in range(config.epochs)]
+    return model, optimizer, losses
+
+one, one_opt, out["one_device_losses"] = run(tf.distribute.get_strategy())
+mirrored = train.make_strategy(config.replace(strategy="mirrored"))
+out["replicas"] = mirrored.num_replicas_in_sync
+two, two_opt, out["mirrored_losses"] = run(mirrored)
+
+out["mirrored_jit"] = bool(two.jit_compile)
+out["mirrored_steps_per_execution"] = int(two.steps_per_execution)
+# The reparameterisation noise of each replica at the same step.
+def noise():
+    return tf.random.stateless_normal([4], seed=two._step_seed(0))
+per_replica = mirrored.run(tf.function(noise))
+out["replica_noise"] = [v.numpy().tolist() for v in mirrored.experimental_local_results(per_replica)]
+
+# A checkpoint written under Mirrored restores under the default strategy.
+path = tf.train.Checkpoint(model=two, optimizer=two_opt).write(os.path.join(workdir, "m", "ckpt"))
+keras.utils.set_random_seed(99)
+fresh = factory.build_vae(config, x.shape[1:])
+fresh_opt = train.compile_model(fresh, config)
+tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(path).assert_existing_objects_matched()
+out["mirrored_to_default_weights_equal"] = all(
+    np.array_equal(a, b) for a, b in zip(two.get_weights(), fresh.get_weights()))
+out["mirrored_to_default_optimizer_equal"] = all(
+    np.array_equal(a.numpy(), b.numpy()) for a, b in zip(two_opt.variables, fresh_opt.variables))
+
+# Last, as a failed collective poisons the process: what XLA does with
+# replicas on two CPUs of one process (compile_model turns it off there;
+# steps_per_execution > 1 fails there too, see compile_model).
+with mirrored.scope():
+    probe = factory.build_vae(config, x.shape[1:])
+    probe.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+try:
+    probe.fit(train.train_dataset(config, x, 0), verbose=0)
+    out["xla_error"] = None
+except Exception as e:
+    lines = [l for l in str(e).splitlines() if "Trying to access" in l] or str(e).splitlines()
+    out["xla_error"] = f"{type(e).__name__}: {lines[0].strip()}"
+print("RESULT " + json.dumps(out))
+"""
+
+# Its own process: a second MirroredStrategy in one process reuses the first
+# one's collective instance keys and aborts on the other model's shapes.
+_RESUME = _PRELUDE + """
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tfp_vae import train
+from tfp_vae.config import Config
+
+workdir = sys.argv[1]
+out = {}
+# A run checkpointed under the default strategy resumes under Mirrored.
+config = Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=1,
+                eval_iwae_k=4, figures=False, export=False, seed=5)
+first = train.train_and_evaluate(config, os.path.join(workdir, "run"), verbose=0)
+second = train.train_and_evaluate(config.replace(epochs=2, strategy="mirrored"),
+                                  os.path.join(workdir, "run"), verbose=0)
+out["resumed_steps"] = [first["steps"], second["steps"]]
+print("RESULT " + json.dumps(out))
+"""
+
+_WORKER = _PRELUDE + """
+from tfp_vae import train
+from tfp_vae.config import Config
+
+config = Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=2,
+                eval_iwae_k=4, figures=False, export=False, seed=5, strategy="multi_worker")
+metrics = train.train_and_evaluate(config, sys.argv[1], verbose=0)
+print("RESULT " + json.dumps(metrics))
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _result(stdout: str) -> dict:
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, stdout[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _free_ports(n: int) -> list[int]:
+    """n ports free on 127.0.0.1 now (bound together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """Both Mirrored scripts, run side by side; their merged results."""
+    workdir = tmp_path_factory.mktemp("mirrored")
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(workdir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env()) for script in (_MIRRORED, _RESUME)]
+    out = {}
+    for result in _results(procs):
+        out.update(result)
+    return out
+
+
+def _results(procs) -> list[dict]:
+    """Waits for every process; all must succeed; their RESULT dicts in order."""
+    out = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=900)
+            assert proc.returncode == 0, stderr[-3000:]
+            out.append(_result(stdout))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return out
+
+
+def test_mirrored_over_two_cpus_follows_the_one_device_loss_trajectory(mirrored):
+    assert mirrored["replicas"] == 2
+    one, two = np.array(mirrored["one_device_losses"]), np.array(mirrored["mirrored_losses"])
+    # Same data, same global batch (64 = 2 x 32), same initial weights; the
+    # replicas' gradients are averaged, so only the reparameterisation noise
+    # differs (each replica folds its id into the seed). Epoch losses fall
+    # from ~540 to ~200 nats; Monte-Carlo noise moves them by ~1 nat.
+    assert one[-1] < one[0] - 100
+    np.testing.assert_allclose(two, one, rtol=0.03)
+
+
+def test_jit_and_steps_per_execution_on_replicas_over_logical_cpus(mirrored):
+    # compile_model falls back to one step per call in the graph executor ...
+    assert mirrored["mirrored_jit"] is False
+    assert mirrored["mirrored_steps_per_execution"] == 1
+    # ... because XLA fails there on this TF version (shown, not hidden).
+    if mirrored["xla_error"]:
+        pytest.xfail("TF 2.21, MirroredStrategy over two logical CPUs: jit_compile=True "
+                     f"fails with {mirrored['xla_error']}")
+
+
+def test_replicas_draw_different_noise(mirrored):
+    noise = np.array(mirrored["replica_noise"])
+    assert noise.shape == (2, 4)
+    assert not np.allclose(noise[0], noise[1])
+
+
+def test_checkpoints_restore_across_strategies(mirrored):
+    assert mirrored["mirrored_to_default_weights_equal"]
+    assert mirrored["mirrored_to_default_optimizer_equal"]
+    # Epoch 1 under the default strategy (4 steps), epoch 2 resumed under Mirrored.
+    assert mirrored["resumed_steps"] == [4, 8]
+
+
+def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                    "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(_WORKER), str(tmp_path)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    chief, other = _results(procs)
+    assert chief["steps"] == other["steps"] == 2 * (256 // 64)
+    # The workers hold the same (all-reduced) weights, so they score the test set alike.
+    np.testing.assert_allclose(chief["elbo"], other["elbo"], rtol=1e-5)
+    assert np.isfinite(chief["elbo"])
+    # Worker 0 is the chief: it writes the real checkpoints and metrics.
+    ckpt = tmp_path / "checkpoints"
+    assert (ckpt / "checkpoint").exists() and any(ckpt.glob("ckpt-8.index"))
+    assert (tmp_path / "metrics.json").exists()
