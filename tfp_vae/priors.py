@@ -1,0 +1,110 @@
+"""Learned priors p(z): layers whose `distribution(encoder)` returns a `tfd.Distribution`.
+
+The VAE asks its prior for `distribution(encoder)` whenever it needs p(z);
+the encoder is passed because a VampPrior is built from it. No closed-form
+KL(q ‖ p) exists for these mixtures, so the ELBO falls back to the
+Monte-Carlo estimate E_q[ln q(z|x) − ln p(z)] on the same draws of z.
+
+>>> import tensorflow as tf
+>>> from tfp_vae.layers import GaussianEncoder
+>>> encoder = GaussianEncoder(2, hidden_units=(16,))
+>>> prior = VampPrior(data_shape=(4,), num_components=3)
+>>> prior.distribution(encoder).log_prob(tf.zeros([5, 2])).shape
+TensorShape([5])
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+_PACKAGE = "tfp_vae"
+
+
+class _Prior(keras.layers.Layer):
+    """A prior layer: `distribution(encoder)` gives p(z), batch `[]`, event `[K]`."""
+
+    def __init__(self, num_components: int, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be >= 1, got {num_components!r}")
+        self.num_components = int(num_components)
+
+    def call(self, z, encoder=None):
+        """ln p(z) for z `[..., K]`: lets the prior sit in a Keras call graph too."""
+        return self.distribution(encoder).log_prob(z)
+
+    def get_config(self):
+        return {**super().get_config(), "num_components": self.num_components}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class VampPrior(_Prior):
+    """p(z) = (1/C) Σ_c q(z | u_c): the encoder at C learned pseudo-inputs u_c.
+
+    Tomczak & Welling 2018, "VAE with a VampPrior". The pseudo-inputs have the
+    data's shape and live in (0, 1) through a sigmoid, like the images.
+
+    Args:
+      data_shape: shape of one input, e.g. (28, 28, 1).
+      num_components: C, the number of pseudo-inputs.
+    """
+
+    def __init__(self, data_shape, num_components: int = 500, **kwargs):
+        super().__init__(num_components, **kwargs)
+        self.data_shape = tuple(int(d) for d in data_shape)
+        # Initial pseudo-inputs: grey images with a little noise, as in the paper.
+        self.raw_inputs = self.add_weight(
+            name="raw_inputs", shape=(self.num_components,) + self.data_shape,
+            initializer=keras.initializers.RandomNormal(stddev=0.1), dtype="float32")
+
+    def pseudo_inputs(self) -> tf.Tensor:
+        """u `[C, *data_shape]` in (0, 1)."""
+        return tf.sigmoid(self.raw_inputs)
+
+    def distribution(self, encoder) -> tfd.Distribution:
+        if encoder is None:
+            raise ValueError("a VampPrior is built from the encoder: call distribution(encoder)")
+        q = encoder(self.pseudo_inputs())                       # batch [C], event [K]
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_components])),
+            components_distribution=q)
+
+    def get_config(self):
+        return {**super().get_config(), "data_shape": list(self.data_shape)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MixturePrior(_Prior):
+    """p(z) = Σ_c π_c N(z; m_c, diag s_c²) with learned weights, means and scales.
+
+    Args:
+      latent_dim: K.
+      num_components: C.
+    """
+
+    def __init__(self, latent_dim: int, num_components: int = 10, **kwargs):
+        super().__init__(num_components, **kwargs)
+        self.latent_dim = int(latent_dim)
+        shape = (self.num_components, self.latent_dim)
+        # Spread initial means so the components do not start identical.
+        self.locs = self.add_weight(name="locs", shape=shape, dtype="float32",
+                                    initializer=keras.initializers.RandomNormal(stddev=1.0))
+        self.raw_scales = self.add_weight(
+            name="raw_scales", shape=shape, dtype="float32",
+            initializer=keras.initializers.Constant(float(np.log(np.expm1(1.0)))))
+        self.logits = self.add_weight(name="logits", shape=(self.num_components,),
+                                      dtype="float32", initializer="zeros")
+
+    def distribution(self, encoder=None) -> tfd.Distribution:
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=self.logits),
+            components_distribution=tfd.MultivariateNormalDiag(
+                loc=self.locs, scale_diag=tf.math.softplus(self.raw_scales) + 1e-4))
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim}
