@@ -20,49 +20,57 @@ _PRESET = flags.DEFINE_enum("preset", "default", ["default", "tiny"],
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default",
                                "Run directory: config, checkpoints, figures, metrics. "
                                "Re-running with the same workdir resumes.")
+_MODEL = flags.DEFINE_enum("model", None, list(config_lib.MODELS),
+                           "vae, ae (plain autoencoder) or pca.")
 _DATASET = flags.DEFINE_string("dataset", None, "mnist_5k, fashion_mnist, a TFDS name or a "
-                               "path to an .npz with x (and y). [mnist_5k]")
+                               "path to an .npz with x (and y).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where the data set's files are.")
 _BINARIZE = flags.DEFINE_enum("binarize", None, list(config_lib.BINARIZE),
-                              "none, static (x > 0.5) or dynamic (fresh draw each epoch). "
-                              "[dynamic]")
+                              "none, static (x > 0.5) or dynamic (fresh draw each epoch).")
 _LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N examples of each split.")
-_LATENT_DIM = flags.DEFINE_integer("latent_dim", None, "K, the size of z. [32]")
+_ARCH = flags.DEFINE_enum("arch", None, list(config_lib.ARCHS),
+                          "mlp, or conv (two stride-2 convolutions each way; H, W divisible "
+                          "by 4).")
+_LATENT_DIM = flags.DEFINE_integer("latent_dim", None, "K, the size of z.")
 _HIDDEN_UNITS = flags.DEFINE_list("hidden_units", None,
-                                  "Widths of the MLP layers, e.g. 512,512; '' for affine. "
-                                  "[512,512]")
+                                  "Widths of the MLP layers, e.g. 512,512; '' for affine.")
 _DECODER = flags.DEFINE_enum("decoder", None, list(config_lib.DECODERS),
-                             "bernoulli or normal. [bernoulli]")
+                             "bernoulli or normal.")
 _DECODER_SCALE = flags.DEFINE_string("decoder_scale", None, "Normal decoder's scale: a "
-                                     "number, scalar or diagonal. [1.0]")
+                                     "number, scalar or diagonal.")
+_PRIOR = flags.DEFINE_enum("prior", None, list(config_lib.PRIORS),
+                           "normal (N(0, I)), vamp (VampPrior) or mog (learned mixture).")
+_PRIOR_COMPONENTS = flags.DEFINE_integer("prior_components", None,
+                                         "Pseudo-inputs (vamp) or components (mog).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Passes over the training split.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Examples per step. [128]")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam's step size. [1e-3]")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Examples per step.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam's step size.")
 _OBJECTIVE = flags.DEFINE_enum("objective", None, list(config_lib.OBJECTIVES),
-                               "elbo or iwae. [elbo]")
+                               "elbo or iwae.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None,
-                                    "z draws per example (k for iwae). [1]")
-_ANALYTIC_KL = flags.DEFINE_bool("analytic_kl", None, "Closed-form KL. [true]")
-_BETA = flags.DEFINE_float("beta", None, "Weight of the KL term. [1.0]")
-_WARMUP = flags.DEFINE_integer("warmup_epochs", None, "Ramp beta from 0 over N epochs. [0]")
-_FREE_BITS = flags.DEFINE_float("free_bits", None, "Per-dimension KL floor, nats. [0]")
-_SEED = flags.DEFINE_integer("seed", None, "Seed of weights, data order and draws. [0]")
-_JIT = flags.DEFINE_bool("jit", None, "Compile the steps with XLA. [true]")
-_SPE = flags.DEFINE_integer("steps_per_execution", None, "Steps per compiled call. [1]")
+                                    "z draws per example (k for iwae).")
+_ANALYTIC_KL = flags.DEFINE_bool("analytic_kl", None, "Closed-form KL.")
+_BETA = flags.DEFINE_float("beta", None, "Weight of the KL term.")
+_WARMUP = flags.DEFINE_integer("warmup_epochs", None, "Ramp beta from 0 over N epochs.")
+_FREE_BITS = flags.DEFINE_float("free_bits", None, "Per-dimension KL floor, nats.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of weights, data order and draws.")
+_JIT = flags.DEFINE_bool("jit", None, "Compile the steps with XLA.")
+_SPE = flags.DEFINE_integer("steps_per_execution", None, "Steps per compiled call.")
 _PRECISION = flags.DEFINE_enum("precision", None, list(config_lib.PRECISIONS),
-                               "float32, mixed_float16 or mixed_bfloat16. [float32]")
+                               "float32, mixed_float16 or mixed_bfloat16.")
 _STRATEGY = flags.DEFINE_enum("strategy", None, list(config_lib.STRATEGIES),
-                              "tf.distribute strategy. [default]")
+                              "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", None, "TPU address for --strategy=tpu.")
 _EVAL_K = flags.DEFINE_integer("eval_iwae_k", None,
-                               "Importance samples for the test log-likelihood. [100]")
-_FIGURES = flags.DEFINE_bool("figures", None, "Write figures at the end. [true]")
-_EXPORT = flags.DEFINE_bool("export", None, "Export a SavedModel at the end. [true]")
+                               "Importance samples for the test log-likelihood.")
+_FIGURES = flags.DEFINE_bool("figures", None, "Write figures at the end.")
+_EXPORT = flags.DEFINE_bool("export", None, "Export a SavedModel at the end.")
 
 # Flags that map one-to-one onto Config fields.
-_FIELDS = {"dataset": _DATASET, "data_dir": _DATA_DIR, "binarize": _BINARIZE, "limit": _LIMIT,
-           "latent_dim": _LATENT_DIM, "decoder": _DECODER, "decoder_scale": _DECODER_SCALE,
-           "epochs": _EPOCHS, "batch_size": _BATCH_SIZE, "learning_rate": _LEARNING_RATE,
+_FIELDS = {"model": _MODEL, "dataset": _DATASET, "data_dir": _DATA_DIR, "binarize": _BINARIZE,
+           "limit": _LIMIT,
+           "arch": _ARCH, "latent_dim": _LATENT_DIM, "decoder": _DECODER, "decoder_scale": _DECODER_SCALE,
+           "prior": _PRIOR, "prior_components": _PRIOR_COMPONENTS, "epochs": _EPOCHS, "batch_size": _BATCH_SIZE, "learning_rate": _LEARNING_RATE,
            "objective": _OBJECTIVE, "num_samples": _NUM_SAMPLES, "analytic_kl": _ANALYTIC_KL,
            "beta": _BETA, "warmup_epochs": _WARMUP, "free_bits": _FREE_BITS, "seed": _SEED,
            "jit": _JIT, "steps_per_execution": _SPE, "precision": _PRECISION,
@@ -72,7 +80,7 @@ _FIELDS = {"dataset": _DATASET, "data_dir": _DATA_DIR, "binarize": _BINARIZE, "l
 for _name, _flag in (("latent_dim", _LATENT_DIM), ("epochs", _EPOCHS),
                      ("batch_size", _BATCH_SIZE), ("num_samples", _NUM_SAMPLES),
                      ("steps_per_execution", _SPE), ("eval_iwae_k", _EVAL_K),
-                     ("limit", _LIMIT)):
+                     ("limit", _LIMIT), ("prior_components", _PRIOR_COMPONENTS)):
     flags.register_validator(_flag.name, lambda v: v is None or v > 0,
                              message=f"--{_name} must be a positive integer")
 flags.register_validator("learning_rate", lambda v: v is None or v > 0,
@@ -101,12 +109,23 @@ def main(argv):
 
     try:
         config = config_from_flags()
+        if config.model != "vae":
+            from tfp_vae import baselines
+            metrics = baselines.train_baseline(config, _WORKDIR.value, verbose=2)
+            print(f"{config.model} (k = {config.latent_dim}): test reconstruction error "
+                  f"{metrics['reconstruction_squared_error']:.2f} (sum of squares per image); "
+                  f"artifacts in {_WORKDIR.value}/: config.json figures/ metrics.json")
+            return 0
         metrics = train.train_and_evaluate(config, _WORKDIR.value)
     except (config_lib.ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except train.TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:   # a second Ctrl-C, or one before training began
+        print("interrupted: stopped at once; re-run the same command to resume from the "
+              "last checkpoint", file=sys.stderr)
         return 130
     except train.TrainingDiverged as e:
         print(f"diverged: {e}", file=sys.stderr)

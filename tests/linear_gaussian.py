@@ -11,7 +11,6 @@ encoder can represent it exactly:
 import math
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import layers

@@ -11,11 +11,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("config", "data", "export", "factory", "files", "layers", "models",
-               "objectives", "pca", "plots", "train")
+_SUBMODULES = ("baselines", "compare", "config", "data", "evaluate", "export", "factory",
+               "figures", "files", "layers", "models", "objectives", "pca", "plots", "priors",
+               "train", "transfer")
 _NAMES = {
     "GaussianEncoder": "layers", "BernoulliDecoder": "layers", "NormalDecoder": "layers",
-    "DenseTranspose": "layers", "VAE": "models", "ELBO": "objectives", "PCA": "pca",
+    "DenseTranspose": "layers", "TiedDecoder": "layers", "VAE": "models",
+    "ConditionalVAE": "models", "Autoencoder": "models", "ELBO": "objectives", "PCA": "pca",
+    "VampPrior": "priors", "MixturePrior": "priors",
 }
 __all__ = list(_SUBMODULES) + list(_NAMES)
 

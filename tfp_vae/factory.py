@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
-from tfp_vae import layers
-from tfp_vae.config import Config
-from tfp_vae.models import VAE
+from tfp_vae import layers, priors
+from tfp_vae.config import Config, ConfigError
+from tfp_vae.models import VAE, Autoencoder
 
 
 def decoder_scale(config: Config):
@@ -16,21 +17,46 @@ def decoder_scale(config: Config):
     return float(config.decoder_scale)
 
 
+def _conv_shape(data_shape):
+    try:
+        return layers._check_conv_shape(data_shape)
+    except ValueError as e:
+        raise ConfigError(f"arch=conv: {e}") from None
+
+
 def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
-    return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units,
+    body = None
+    if config.arch == "conv":
+        body = layers.conv_encoder_body(_conv_shape(data_shape), name="body")
+    return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units, body=body,
                                   name="encoder")
 
 
 def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
+    body = None
+    if config.arch == "conv":
+        body = layers.conv_decoder_body(_conv_shape(data_shape), name="body")
     if config.decoder == "normal":
-        return layers.NormalDecoder(data_shape, scale=decoder_scale(config),
+        return layers.NormalDecoder(data_shape, scale=decoder_scale(config), body=body,
                                     hidden_units=config.hidden_units, name="decoder")
-    return layers.BernoulliDecoder(data_shape, hidden_units=config.hidden_units, name="decoder")
+    return layers.BernoulliDecoder(data_shape, hidden_units=config.hidden_units, body=body,
+                                   name="decoder")
+
+
+def build_prior(config: Config, data_shape):
+    """None for N(0, I); a learned prior layer otherwise."""
+    if config.prior == "vamp":
+        return priors.VampPrior(data_shape, num_components=config.prior_components, name="prior")
+    if config.prior == "mog":
+        return priors.MixturePrior(config.latent_dim, num_components=config.prior_components,
+                                   name="prior")
+    return None
 
 
 def build_vae(config: Config, data_shape) -> VAE:
     """The VAE of `config` for data `[B, *data_shape]`, built (all variables exist)."""
     vae = VAE(build_encoder(config, data_shape), build_decoder(config, data_shape),
+              prior=build_prior(config, data_shape),
               num_samples=config.num_samples, analytic_kl=config.analytic_kl,
               beta=0.0 if config.warmup_epochs else config.beta, free_bits=config.free_bits,
               objective=config.objective, seed=config.seed, name="vae")
@@ -38,7 +64,49 @@ def build_vae(config: Config, data_shape) -> VAE:
     return vae
 
 
+def _ae_layers(config: Config, data_shape, tied: bool):
+    """(encoder x [B, *data] -> codes [B, K], decoder codes -> [B, *data]) for an AE."""
+    data_shape = tuple(int(d) for d in data_shape)
+    size = int(np.prod(data_shape))
+    K = keras.layers
+    if config.arch == "conv":
+        if tied:
+            raise ConfigError("tied weights need arch=mlp (a tied decoder mirrors Dense layers)")
+        shape = _conv_shape(data_shape)
+        encoder = keras.Sequential([layers.conv_encoder_body(shape, name="body"), K.Flatten(),
+                                    K.Dense(config.latent_dim)], name="encoder")
+        # A 1x1 convolution per pixel: the same head the VAE's decoders use.
+        decoder = keras.Sequential([layers.conv_decoder_body(shape, name="body"),
+                                    K.Conv2D(shape[-1], 1)], name="decoder")
+        return encoder, decoder
+    body = layers.mlp(config.hidden_units, name="body")
+    encoder = keras.Sequential([K.Flatten()] + ([body] if body else [])
+                               + [K.Dense(config.latent_dim)], name="encoder")
+    if tied:
+        return encoder, layers.TiedDecoder(data_shape, name="decoder")
+    body = layers.mlp(config.hidden_units[::-1], name="body")
+    decoder = keras.Sequential(([body] if body else []) + [K.Dense(size), K.Reshape(data_shape)],
+                               name="decoder")
+    return encoder, decoder
+
+
+def build_autoencoder(config: Config, data_shape, tied: bool = False) -> Autoencoder:
+    """The AE of `config` for data `[B, *data_shape]`, built.
+
+    MLP (the mirror of `hidden_units`) or conv (`arch`); the loss matches
+    `decoder`: Bernoulli cross-entropy, or squared error for "normal".
+    `tied=True` (MLP only) ties decoder kernels to the encoder's.
+    """
+    encoder, decoder = _ae_layers(config, data_shape, tied)
+    ae = Autoencoder(encoder, decoder, name="autoencoder",
+                     loss="bernoulli" if config.decoder == "bernoulli" else "squared_error")
+    ae.build((None,) + tuple(data_shape))
+    return ae
+
+
 def build_model(config: Config, data_shape) -> keras.Model:
     if config.model == "vae":
         return build_vae(config, data_shape)
+    if config.model == "ae":
+        return build_autoencoder(config, data_shape)
     raise NotImplementedError(f"model={config.model!r} is not built by this version")

@@ -12,6 +12,7 @@ from tfp_vae.pca import PCA
 
 FIGURES = ("reconstructions", "samples", "latent_manifold", "latent_scatter", "interpolation",
            "training_curves")
+CONDITIONAL_FIGURES = ("reconstructions", "samples_by_class", "training_curves")
 
 
 def _np(t) -> np.ndarray:
@@ -46,6 +47,40 @@ def latent_codes_2d(vae, x, batch_size: int = 500) -> np.ndarray:
     return PCA(2).fit(codes).transform(codes)
 
 
+def class_rows(cvae, per_class: int = 10, seed: int = 0) -> np.ndarray:
+    """Decoder means of `per_class` prior draws for each class, class-major:
+    `[C·per_class, *data]`. The same z in every row, so a column shows one
+    latent code rendered as each class (style held, label varied)."""
+    z = cvae.prior_distribution().sample(per_class, seed=(seed, 11))           # [n, K]
+    rows = [_np(cvae.decode(z, tf.fill([per_class], c)).mean())
+            for c in range(cvae.num_classes)]
+    return np.concatenate(rows)
+
+
+def _training_curves(history: dict, path) -> str | None:
+    if not history or not any(len(v) for v in history.values()):
+        return None
+    keys = [k for k in ("elbo", "reconstruction", "kl", "val_elbo") if history.get(k)]
+    return plots.training_curves({k: history[k] for k in keys}, path,
+                                 title="Per epoch, nats per example")
+
+
+def write_conditional(cvae, x, y, history: dict, directory: str, seed: int = 0) -> dict:
+    """The conditional VAE's figures (CONDITIONAL_FIGURES) into `directory`."""
+    path = lambda name: os.path.join(directory, f"{name}.png")          # noqa: E731
+    out = {"reconstructions": plots.reconstructions(
+        x[:10], _np(cvae((x[:10], y[:10]))), path("reconstructions"),
+        title="Test images (top) and reconstructions given their labels (bottom)")}
+    out["samples_by_class"] = plots.rows_by_class(
+        class_rows(cvae, 10, seed), 10, path("samples_by_class"),
+        row_labels=[str(c) for c in range(cvae.num_classes)],
+        title="p(x | z, y): one row per class y, one prior draw z per column")
+    curves = _training_curves(history, path("training_curves"))
+    if curves:
+        out["training_curves"] = curves
+    return out
+
+
 def write_all(vae, x, y, history: dict, directory: str, seed: int = 0) -> dict[str, str]:
     """Writes every figure of FIGURES into `directory`; returns name -> path.
 
@@ -75,9 +110,7 @@ def write_all(vae, x, y, history: dict, directory: str, seed: int = 0) -> dict[s
     out["interpolation"] = plots.interpolation(
         interpolation_images(vae, x[0], x[j]), path("interpolation"),
         title="Decoding the line between two posterior means")
-    if history and any(len(v) for v in history.values()):
-        keys = [k for k in ("elbo", "reconstruction", "kl", "val_elbo") if history.get(k)]
-        out["training_curves"] = plots.training_curves(
-            {k: history[k] for k in keys}, path("training_curves"),
-            title="Per epoch, nats per example")
+    curves = _training_curves(history, path("training_curves"))
+    if curves:
+        out["training_curves"] = curves
     return out

@@ -62,6 +62,35 @@ def mlp(hidden_units: Sequence[int], activation: str = "relu", name: str | None 
     )
 
 
+def _check_conv_shape(data_shape) -> tuple[int, int, int]:
+    shape = tuple(int(d) for d in data_shape)
+    if len(shape) != 3 or shape[0] % 4 or shape[1] % 4:
+        raise ValueError(f"conv bodies need images [H, W, C] with H and W divisible by 4; "
+                         f"got {shape}")
+    return shape
+
+
+def conv_encoder_body(data_shape, filters: Sequence[int] = (32, 64), activation="relu",
+                      name: str | None = None):
+    """Two stride-2 convolutions: x `[B, H, W, C]` -> features `[B, H/4, W/4, filters[-1]]`."""
+    _check_conv_shape(data_shape)
+    return keras.Sequential(
+        [keras.layers.Conv2D(f, 3, strides=2, padding="same", activation=activation)
+         for f in filters], name=name)
+
+
+def conv_decoder_body(data_shape, filters: Sequence[int] = (64, 32), activation="relu",
+                      name: str | None = None):
+    """The mirror: z `[B, K]` -> features `[B, H, W, filters[-1]]`, image-shaped, so a
+    decoder layer puts a per-pixel (1x1) head on it."""
+    height, width, _ = _check_conv_shape(data_shape)
+    return keras.Sequential(
+        [keras.layers.Dense(height // 4 * width // 4 * filters[0], activation=activation),
+         keras.layers.Reshape((height // 4, width // 4, filters[0]))]
+        + [keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation)
+           for f in filters], name=name)
+
+
 class _DistributionLayer(keras.layers.Layer):
     """Body + float32 head; subclasses say how head outputs become a distribution."""
 
@@ -72,8 +101,24 @@ class _DistributionLayer(keras.layers.Layer):
         self._user_body = body is not None
         self.body = body if body is not None else mlp(self.hidden_units, activation, name="body")
 
+    def _check_input(self, x):
+        """A clear ValueError at trace time when x is not `[B, *shape built for]`;
+        without it, a wrong shape surfaces as a Dense deep inside the body."""
+        expected = getattr(self, "_input_dims", None)
+        shape = tf.TensorShape(x.shape)
+        if expected is None or shape.rank is None:
+            return
+        got = shape.as_list()
+        if len(got) != len(expected) + 1 or any(
+                e is not None and g is not None and e != g for e, g in zip(expected, got[1:])):
+            want = ", ".join("?" if d is None else str(d) for d in expected)
+            hint = " (no batch axis?)" if got == list(expected) else ""
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects input of shape "
+                             f"[B, {want}]; got {got}{hint}")
+
     def _features(self, x):
         """Body output: [B, ...] in the layer's compute dtype."""
+        self._check_input(x)
         if not self._user_body:
             # The MLP body and the affine map act on flattened inputs.
             x = keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
@@ -85,6 +130,7 @@ class _DistributionLayer(keras.layers.Layer):
         # all variables to exist before weights are restored.
         if self.built:
             return
+        self._input_dims = tuple(None if d is None else int(d) for d in input_shape[1:])
         dummy = tf.zeros([1] + [int(d) for d in input_shape[1:]], dtype=self.compute_dtype)
         self._head_params(self._features(dummy))
         self.built = True
@@ -325,4 +371,100 @@ class DenseTranspose(keras.layers.Layer):
         config = super().get_config()
         config.update(activation=keras.activations.serialize(self.activation),
                       use_bias=self.use_bias)
+        return config
+
+
+_SHAPE_ONLY = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
+               keras.layers.Activation, keras.layers.InputLayer)
+
+
+def dense_layers(layer) -> list:
+    """The Dense layers of `layer` in call order, looking inside Sequentials and models.
+
+    Shape-only layers (Flatten, Reshape, Dropout, Activation) are skipped; any
+    other layer raises, because a tied decoder can mirror only Dense layers
+    (checked by type, since an unbuilt Conv2D has no weights yet).
+    """
+    if isinstance(layer, keras.layers.Dense):
+        return [layer]
+    inner = getattr(layer, "layers", None)
+    if inner is not None:
+        return [d for sub in inner for d in dense_layers(sub)]
+    if isinstance(layer, _SHAPE_ONLY):
+        return []
+    raise TypeError(f"a tied decoder mirrors Dense layers only; the encoder has a "
+                    f"{type(layer).__name__}")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TiedDecoder(keras.layers.Layer):
+    """The mirror image of an MLP encoder, with tied weights.
+
+    With encoder Dense layers 1 … L (kernels W_ℓ), decoder layer ℓ is
+    `DenseTranspose(encoder layer L−ℓ+1)`: it uses W_{L−ℓ+1}ᵀ, the same
+    variable, and adds only a bias. Hidden layers use `activation`; the last
+    is affine (logits or means). Codes `[B, K]` -> `[B, *data_shape]`.
+
+    The tie is a reference to another layer, which no config can carry: the
+    owner of both layers calls `tie(encoder)` (`tfp_vae.models.Autoencoder`
+    does so in its constructor, so a loaded `.keras` model is tied again).
+
+    >>> enc = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> _ = enc(tf.zeros([1, 2, 2, 1]))
+    >>> dec = TiedDecoder((2, 2, 1)); dec.tie(enc)
+    >>> dec(tf.zeros([5, 3])).shape
+    TensorShape([5, 2, 2, 1])
+    """
+
+    def __init__(self, data_shape, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.data_shape = tuple(int(d) for d in data_shape)
+        if not self.data_shape or any(d <= 0 for d in self.data_shape):
+            raise ValueError(f"data_shape must be positive integers, got {data_shape!r}")
+        self.activation = activation
+        self.transposes = None
+
+    def tie(self, encoder) -> None:
+        """Builds the decoder layers on `encoder`'s Dense kernels (no variables copied)."""
+        if self.transposes is not None:
+            raise ValueError("this TiedDecoder is tied already; make a new one per encoder")
+        denses = dense_layers(encoder)
+        if not denses:
+            raise ValueError("the encoder has no Dense layers to tie to")
+        last = len(denses) - 1
+        self.transposes = [
+            DenseTranspose(dense, activation=None if i == last else self.activation,
+                           name=f"transpose_{i}")
+            for i, dense in enumerate(reversed(denses))]
+
+    def build(self, input_shape):
+        if self.transposes is None:
+            raise ValueError("call tie(encoder) before using a TiedDecoder")
+        shape = tuple(input_shape)
+        for layer in self.transposes:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        if int(shape[-1]) != int(np.prod(self.data_shape)):
+            raise ValueError(f"the tied decoder emits {shape[-1]} values per example but "
+                             f"data_shape {self.data_shape} needs {int(np.prod(self.data_shape))}")
+        self.built = True
+
+    def build_from_config(self, config):
+        # Loading deserialises this layer before its owner ties it; the owner
+        # builds it afterwards, once the encoder's kernels exist.
+        if self.transposes is not None:
+            super().build_from_config(config)
+
+    def call(self, z):
+        h = z
+        for layer in self.transposes:
+            h = layer(h)
+        return keras.ops.reshape(h, (keras.ops.shape(h)[0],) + self.data_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + self.data_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(data_shape=list(self.data_shape), activation=self.activation)
         return config

@@ -9,6 +9,7 @@ and `kl_divergence` and never looks inside the layers.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -28,6 +29,20 @@ def standard_normal_prior(latent_dim: int, dtype=tf.float32) -> tfd.Distribution
     return tfd.MultivariateNormalDiag(loc=tf.zeros([latent_dim], dtype))
 
 
+def _descend(model: keras.Model, tape: tf.GradientTape, loss: tf.Tensor) -> None:
+    """One optimizer step on the batch mean of the per-example `loss` `[B]`.
+
+    tf.distribute sums the replicas' gradients: each replica's mean over its
+    share counts 1/replicas, so the update is the global batch's. The loss is
+    scaled (and the gradients unscaled) under a mixed_float16 policy.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tape:
+        scaled = model.optimizer.scale_loss(tf.reduce_mean(loss) / replicas)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    model.optimizer.apply(grads, model.trainable_variables)
+
+
 def _inputs(data):
     """`x` from what a tf.data pipeline yields: x, (x,), (x, y) or (x, y, w)."""
     if isinstance(data, (tuple, list)):
@@ -43,7 +58,9 @@ class VAE(keras.Model):
       encoder: layer, x `[B, *data]` -> q(z|x) with batch `[B]`, event `[K]`.
       decoder: layer, z `[N, K]` -> p(x|z) with batch `[N]`, event `data`.
       prior: None for N(0, I); a `tfd.Distribution` with event `[K]`; or a
-        layer with a `distribution()` method (a learned prior).
+        layer with a `distribution(encoder)` method (a learned prior, see
+        `tfp_vae.priors`); with no closed-form KL the ELBO uses the
+        Monte-Carlo estimate.
       num_samples: S, draws of z per example in the training objective.
       analytic_kl: closed-form KL when one exists; Monte-Carlo otherwise.
       beta: initial weight on the KL term; `model.beta` is a variable, so it
@@ -105,14 +122,14 @@ class VAE(keras.Model):
             return standard_normal_prior(latent_dim)
         if isinstance(self.prior, tfd.Distribution):
             return self.prior
-        return self.prior.distribution()
+        return self.prior.distribution(self.encoder)
 
     @property
     def latent_dim(self) -> int:
         if getattr(self.encoder, "latent_dim", None) is not None:
             return int(self.encoder.latent_dim)
         if self.prior is not None:
-            return int(self.prior_distribution().event_shape[-1])
+            return int(self.prior_distribution().event_shape[-1])   # learned or fixed prior
         raise ValueError("latent_dim is unknown: give the encoder a latent_dim attribute")
 
     def elbo(self, x, num_samples=1, analytic_kl=True, beta=1.0, *, seed=None,
@@ -121,9 +138,9 @@ class VAE(keras.Model):
 
         `seed`: a stateless seed (pair of ints); None draws a fresh one.
         """
-        q = self.encode(x)
+        x, q, decode = self._bound_parts(x)
         return objectives.elbo(
-            x, q, self.decode, self.prior_distribution(q.event_shape[-1]),
+            x, q, decode, self.prior_distribution(q.event_shape[-1]),
             seed=tfp.random.sanitize_seed(seed), num_samples=num_samples,
             analytic_kl=analytic_kl, beta=beta, free_bits=free_bits)
 
@@ -133,12 +150,16 @@ class VAE(keras.Model):
         Drawn `chunk_size` samples at a time (default min(k, 100)), so memory
         stays bounded for k in the thousands.
         """
-        q = self.encode(x)
+        x, q, decode = self._bound_parts(x)
         if chunk_size is None:
             chunk_size = min(int(num_samples), 100)
         return objectives.iwae_bound(
-            x, q, self.decode, self.prior_distribution(q.event_shape[-1]),
+            x, q, decode, self.prior_distribution(q.event_shape[-1]),
             seed=tfp.random.sanitize_seed(seed), num_samples=num_samples, chunk_size=chunk_size)
+
+    def _bound_parts(self, inputs):
+        """(x, q(z|x), decode: z [N, K] -> p(x|z)) for the objectives."""
+        return inputs, self.encode(inputs), self.decode
 
     def sample(self, n, seed=None) -> tfd.Distribution:
         """Decode n draws from the prior: p(x|z), batch `[n]`, z ~ p(z)."""
@@ -155,7 +176,7 @@ class VAE(keras.Model):
         x = tf.zeros([1] + [int(d) for d in input_shape[1:]])
         self.decode(self.encode(x).mean())
         if self.prior is not None and not isinstance(self.prior, tfd.Distribution):
-            self.prior.distribution()
+            self.prior.distribution(self.encoder)
         self.built = True
 
     # -- training ------------------------------------------------------------------
@@ -187,19 +208,27 @@ class VAE(keras.Model):
         self._trackers["elbo"].update_state(terms.reconstruction - terms.kl)
         self._trackers["reconstruction"].update_state(terms.reconstruction)
         self._trackers["kl"].update_state(terms.kl)
-        return {name: t.result() for name, t in self._trackers.items()}
+        logs = {name: t.result() for name, t in self._trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 averages step logs over workers with
+            # strategy.reduce("MEAN", v, axis=0), which rejects scalars
+            # ("Invalid reduction dimension 0 for input with 0 dimensions").
+            logs = {name: tf.reshape(v, [1]) for name, v in logs.items()}
+        return logs
+
+    def _model_inputs(self, data):
+        """What the objectives take, from what a dataset yields."""
+        return _inputs(data)
 
     def train_step(self, data):
-        x = _inputs(data)
+        x = self._model_inputs(data)
         with tf.GradientTape() as tape:
             loss, terms = self.objective_terms(x, self._step_seed(_TRAIN_STREAM))
-            scaled = self.optimizer.scale_loss(tf.reduce_mean(loss))
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
+        _descend(self, tape, loss)
         return self._update_metrics(loss, terms)
 
     def test_step(self, data):
-        x = _inputs(data)
+        x = self._model_inputs(data)
         loss, terms = self.objective_terms(x, self._step_seed(_EVAL_STREAM))
         return self._update_metrics(loss, terms)
 
@@ -234,3 +263,230 @@ class VAE(keras.Model):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+AE_LOSSES = ("squared_error", "bernoulli")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Autoencoder(keras.Model):
+    """A deterministic autoencoder: codes = encoder(x), x̂ = decoder(codes).
+
+    Args:
+      encoder: any Keras layer, x `[B, *data]` -> codes `[B, K]`.
+      decoder: any Keras layer, codes `[B, K]` -> `[B, *data]` (means for
+        squared error, logits for Bernoulli); or a `layers.TiedDecoder`, which
+        this model ties to the encoder's Dense kernels (again on loading).
+      loss: "squared_error", ‖x − x̂‖² summed over pixels; or "bernoulli",
+        the sigmoid cross-entropy of x given logits, nats. Either per example,
+        averaged over the batch.
+
+    `fit` minimises the loss; its metrics are loss and squared_error
+    (‖x − x̂‖² per example with x̂ the mean, the number PCA is compared on).
+    Like the VAE, it answers `encode`/`decode` with distributions:
+    `encode(x)` is a point mass at the codes (`tfd.VectorDeterministic`, event
+    `[K]`) and `decode(z)` the likelihood the loss is the negative log of, up
+    to constants (`Independent(Bernoulli)` or `Independent(Normal(x̂, 1))`).
+    The plain AE has no prior; `sample` decodes z ~ N(0, I) only to show what
+    such codes become.
+
+    >>> enc = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> dec = keras.Sequential([keras.layers.Dense(4), keras.layers.Reshape((2, 2, 1))])
+    >>> ae = Autoencoder(enc, dec)
+    >>> ae(tf.zeros([3, 2, 2, 1])).shape
+    TensorShape([3, 2, 2, 1])
+    """
+
+    def __init__(self, encoder, decoder, *, loss="squared_error", **kwargs):
+        super().__init__(**kwargs)
+        if loss not in AE_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(AE_LOSSES)}; got {loss!r}")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.loss_kind = loss
+        if callable(getattr(decoder, "tie", None)):
+            decoder.tie(encoder)
+        self._latent_dim = None
+        self._trackers = {name: keras.metrics.Mean(name=name)
+                          for name in ("loss", "squared_error")}
+
+    # -- the maps ------------------------------------------------------------------------
+
+    def codes(self, x) -> tf.Tensor:
+        """The codes `[B, K]`, float32."""
+        return tf.cast(self.encoder(x), tf.float32)
+
+    def decoder_output(self, z, like=None) -> tf.Tensor:
+        """The decoder's raw output, float32: logits (Bernoulli) or means, `[B, *data]`."""
+        out = tf.cast(self.decoder(z), tf.float32)
+        return out if like is None else tf.reshape(out, tf.shape(like))
+
+    def _mean(self, out):
+        return tf.sigmoid(out) if self.loss_kind == "bernoulli" else out
+
+    def encode(self, x) -> tfd.Distribution:
+        """A point mass at the codes: batch `[B]`, event `[K]`."""
+        return tfd.VectorDeterministic(self.codes(x))
+
+    def decode(self, z) -> tfd.Distribution:
+        """The likelihood behind the loss: batch `[N]`, event `data`; `.mean()` is x̂."""
+        out = self.decoder_output(z)
+        ndims = len(out.shape) - 1
+        if self.loss_kind == "bernoulli":
+            return tfd.Independent(tfd.Bernoulli(logits=out, dtype=tf.float32), ndims)
+        return tfd.Independent(tfd.Normal(out, 1.0), ndims)
+
+    def call(self, x):
+        """The reconstruction x̂ `[B, *data]` (pixel probabilities for Bernoulli)."""
+        return self._mean(self.decoder_output(self.codes(x), like=x))
+
+    def sample(self, n, seed=None) -> tfd.Distribution:
+        """Decode n draws z ~ N(0, I): no prior was fitted, so expect garbage."""
+        z = standard_normal_prior(self.latent_dim).sample(n, seed=tfp.random.sanitize_seed(seed))
+        return self.decode(z)
+
+    @property
+    def latent_dim(self) -> int:
+        if self._latent_dim is None:
+            raise ValueError("latent_dim is known once the model is built: call build() first")
+        return self._latent_dim
+
+    def build(self, input_shape):
+        # Encoder first: a tied decoder needs the encoder's kernels to exist.
+        x = tf.zeros([1] + [int(d) for d in input_shape[1:]])
+        z = self.codes(x)
+        self._latent_dim = int(z.shape[-1])
+        self.decoder_output(z)
+        self.built = True
+
+    # -- training ---------------------------------------------------------------------------
+
+    def losses_per_example(self, x) -> tuple[tf.Tensor, tf.Tensor]:
+        """(loss `[B]`, squared error ‖x − x̂‖² `[B]`), both float32."""
+        x = tf.cast(x, tf.float32)
+        out = self.decoder_output(self.codes(x), like=x)
+        axes = list(range(1, len(x.shape)))
+        squared = tf.reduce_sum(tf.square(x - self._mean(out)), axis=axes)
+        if self.loss_kind == "squared_error":
+            return squared, squared
+        cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out)
+        return tf.reduce_sum(cross_entropy, axis=axes), squared
+
+    def _update_metrics(self, loss, squared):
+        self.built = True
+        self._trackers["loss"].update_state(loss)
+        self._trackers["squared_error"].update_state(squared)
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    def _model_inputs(self, data):
+        """What the objectives take, from what a dataset yields."""
+        return _inputs(data)
+
+    def train_step(self, data):
+        x = self._model_inputs(data)
+        with tf.GradientTape() as tape:
+            loss, squared = self.losses_per_example(x)
+        _descend(self, tape, loss)
+        return self._update_metrics(loss, squared)
+
+    def test_step(self, data):
+        return self._update_metrics(*self.losses_per_example(_inputs(data)))
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    # -- serialisation ------------------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "decoder": keras.saving.serialize_keras_object(self.decoder),
+            "loss": self.loss_kind,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConditionalVAE(VAE):
+    """A VAE conditioned on a class label y: q(z|x, y), p(x|z, y), p(z).
+
+    The encoder sees `[flatten(x), onehot(y)]` (`[B, D + C]`) and the decoder
+    `[z, onehot(y)]` (`[B, K + C]`), so any of this package's MLP layers
+    serve. Inputs are pairs `(x, y)` with x `[B, *data]` and int labels y `[B]`:
+    `elbo((x, y))`, `iwae_bound((x, y), k)`, `fit` on a dataset of `(x, y)`.
+    `sample(n, label=c)` decodes prior draws for class c.
+
+    >>> from tfp_vae.layers import GaussianEncoder, BernoulliDecoder
+    >>> cvae = ConditionalVAE(GaussianEncoder(2, (16,)), BernoulliDecoder((4,), (16,)),
+    ...                       num_classes=3)
+    >>> cvae.sample(5, label=2, seed=(0, 1)).batch_shape
+    TensorShape([5])
+    """
+
+    def __init__(self, encoder, decoder, prior=None, *, num_classes, **kwargs):
+        super().__init__(encoder, decoder, prior, **kwargs)
+        if hasattr(prior, "pseudo_inputs"):
+            raise ValueError("a VampPrior runs the encoder on unlabelled pseudo-inputs; "
+                             "a ConditionalVAE needs prior=None or a MixturePrior")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+
+    def _one_hot(self, y):
+        return tf.one_hot(tf.cast(y, tf.int32), self.num_classes, dtype=tf.float32)
+
+    def encode(self, inputs) -> tfd.Distribution:
+        """q(z|x, y) for inputs (x `[B, *data]`, y `[B]`): batch `[B]`, event `[K]`."""
+        x, y = inputs
+        size = int(np.prod(x.shape[1:]))                       # static, for the layers
+        flat = tf.reshape(tf.cast(x, tf.float32), [-1, size])
+        return self.encoder(tf.concat([flat, self._one_hot(y)], axis=-1))
+
+    def decode(self, z, y=None) -> tfd.Distribution:
+        """p(x|z, y) for z `[N, K]` and labels y `[N]`."""
+        if y is None:
+            raise ValueError("a ConditionalVAE decodes z with its labels: decode(z, y)")
+        return self.decoder(tf.concat([z, self._one_hot(y)], axis=-1))
+
+    def _bound_parts(self, inputs):
+        x, y = inputs
+        batch = tf.shape(x)[0]
+
+        def decode(z):     # z [S·B, K], S-major as the objectives lay draws out
+            return self.decode(z, tf.tile(y, [tf.shape(z)[0] // batch]))
+
+        return x, self.encode(inputs), decode
+
+    def _model_inputs(self, data):
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError("a ConditionalVAE trains on a dataset of (x, y) pairs")
+        return data[0], data[1]
+
+    def sample(self, n, seed=None, label=0) -> tfd.Distribution:
+        """p(x|z, y=label) for n prior draws z: batch `[n]`."""
+        z = self.prior_distribution().sample(n, seed=tfp.random.sanitize_seed(seed))
+        return self.decode(z, tf.fill([n], tf.cast(label, tf.int32)))
+
+    def call(self, inputs):
+        """The reconstruction `[B, *data]` at the posterior mean, for inputs (x, y)."""
+        return self.decode(self.encode(inputs).mean(), inputs[1]).mean()
+
+    def build(self, input_shape):
+        x_shape = input_shape[0] if isinstance(input_shape[0], (tuple, list)) else input_shape
+        x = tf.zeros([1] + [int(d) for d in x_shape[1:]])
+        y = tf.zeros([1], tf.int32)
+        self.decode(self.encode((x, y)).mean(), y)
+        if self.prior is not None and not isinstance(self.prior, tfd.Distribution):
+            self.prior.distribution(self.encoder)
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}

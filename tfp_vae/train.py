@@ -55,8 +55,27 @@ def check_workdir(config: Config, workdir: str) -> None:
         if diff:
             raise ConfigError(f"workdir {workdir} holds another run ({', '.join(diff)}); "
                               "use another --workdir or the same settings")
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:   # a file in the way, no permission: one line, not a traceback
+        raise ConfigError(f"cannot use workdir {workdir} ({e.strerror}); use another --workdir") \
+            from None
     files.write_json(path, config.to_dict())
+
+
+def check_data(config: Config, splits: dict[str, np.ndarray]) -> None:
+    """Raises data.DataError unless every split suits the model: finite images and,
+    where the model reads pixels as probabilities, values in [0, 1]."""
+    if config.binarize == "dynamic":
+        unit, fix = True, ("dynamic binarisation draws Bernoulli(x) per pixel; scale x to "
+                           "[0, 1] or use --binarize=static")
+    elif config.binarize == "none" and config.decoder == "bernoulli":
+        unit, fix = True, ("the Bernoulli decoder models values in [0, 1]; scale x to [0, 1], "
+                           "use --binarize=static or --decoder=normal")
+    else:
+        unit, fix = False, ""
+    for split, x in splits.items():
+        data.check_images(x, f"{config.dataset} ({split})", unit_interval=unit, fix=fix)
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:
@@ -77,6 +96,63 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
 
 
+def train_dataset(config: Config, x, epoch: int) -> tf.data.Dataset:
+    """Epoch `epoch`'s training batches `[B, *data]`: order and binarisation draws
+    are a fixed function of (seed, epoch), so a resumed run rebuilds them exactly."""
+    return data.make_dataset(x, None, config.batch_size, binarize=config.binarize,
+                             shuffle=True, seed=epoch_seed(config.seed, epoch))
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Builds under the dtype policy `name` ("float32", "mixed_float16",
+    "mixed_bfloat16"): layers take the policy when they are created and keep
+    it, so the global policy is restored afterwards rather than leaking into
+    whatever the process builds next."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_model(model: keras.Model, config: Config) -> keras.optimizers.Optimizer:
+    """Compiles `model` for `fit` as a run does; returns its optimizer, built.
+
+    Under mixed_float16 Keras wraps Adam in a LossScaleOptimizer: the wrapper
+    (with its dynamic loss scale) is what is returned, built and checkpointed,
+    and its `iterations` are Adam's. Call it inside the strategy's scope.
+    """
+    jit, steps = config.jit, config.steps_per_execution
+    # TF 2.21 / Keras 3.15 under tf.distribute: the multi-step loop of
+    # steps_per_execution > 1 fails ("You must feed a value for placeholder
+    # tensor 'while/cond/Placeholder'"), and with replicas on CPUs XLA fails
+    # too: "Trying to access resource ... located in device CPU:1 from device
+    # CPU:0" (Mirrored over logical CPUs), "Collectives are not yet
+    # implemented for CPU devices when compiling with XLA" (multi-worker).
+    if tf.distribute.has_strategy() and steps > 1:
+        log.warning("steps_per_execution=1 under tf.distribute (Keras 3.15 fails otherwise)")
+        steps = 1
+    if jit and _replicas_on_cpus(tf.distribute.get_strategy()):
+        log.warning("XLA off: replicas on CPUs (TF 2.21 fails otherwise)")
+        jit = False
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit,
+                  steps_per_execution=steps)
+    model.optimizer.build(model.trainable_variables)
+    return model.optimizer
+
+
+def _replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
+    """True for two or more replicas in sync whose devices here are all CPUs."""
+    try:
+        devices = strategy.extended.worker_devices
+    except (AttributeError, RuntimeError, NotImplementedError):   # the default strategy
+        return False
+    return (strategy.num_replicas_in_sync > 1
+            and all(":CPU:" in d.upper() for d in devices))
+
+
 def eval_dataset(config: Config, x: np.ndarray, batch_size: int | None = None):
     """Evaluation data: in order, binarised with one fixed draw when dynamic."""
     return data.make_dataset(x, None, batch_size or config.batch_size, binarize=config.binarize,
@@ -89,24 +165,77 @@ def binarized(config: Config, x: np.ndarray) -> np.ndarray:
 
 
 class _Checkpoints:
-    """Model + optimizer checkpoints; a corrupt latest one falls back to the previous."""
+    """Model + optimizer checkpoints; a corrupt latest one falls back to the previous.
+
+    Unreadable checkpoints are taken out of the manager's rotation (their
+    files stay for inspection, or are overwritten by a later save of the same
+    step). Left in, they would count towards max_to_keep, and the saves that
+    follow a fall-back could delete the good checkpoint just restored while
+    keeping the corrupt ones.
+    """
+
+    _MAX_TO_KEEP = 3
 
     def __init__(self, model, optimizer, directory: str, is_chief: bool = True):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=3)
+        self.directory = directory
+        self.manager = self._manager()
         self.is_chief = is_chief
 
+    def _manager(self) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                          max_to_keep=self._MAX_TO_KEEP)
+
     def restore(self) -> str | None:
-        for path in reversed(self.manager.checkpoints):
+        """Restores the newest readable checkpoint; returns its path, None if there are none.
+
+        Raises ConfigError when checkpoints exist but none can be read: starting
+        afresh would rotate them away, so the user decides.
+        """
+        paths = list(self.manager.checkpoints)
+        if not paths:
+            # A state file without timestamps (written by hand or another
+            # tool) lists checkpoints the manager leaves out of its rotation
+            # and of `checkpoints`: they are still this run's to resume.
+            state = tf.train.get_checkpoint_state(self.directory)
+            paths = list(state.all_model_checkpoint_paths) if state else []
+        for i in reversed(range(len(paths))):
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
-                return path
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                self.checkpoint.restore(paths[i]).assert_existing_objects_matched()
+            # A damaged file fails in many ways (DataLossError, NotFoundError,
+            # IndexError from a truncated read, ValueError on a shape): all mean
+            # "not this one", and the message says which.
+            except Exception as e:  # noqa: BLE001
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
-                            path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                            paths[i], str(e).splitlines()[0] if str(e) else type(e).__name__)
+                continue
+            if i < len(paths) - 1:
+                self._keep_only(paths[:i + 1])
+            return paths[i]
+        if paths:
+            raise ConfigError(f"none of the {len(paths)} checkpoints in {self.directory} can be "
+                              "read (see the warnings above); move them away to start afresh, "
+                              "or use another --workdir")
         return None
 
+    def _keep_only(self, paths: list[str]) -> None:
+        """Rewrites the checkpoint state to list `paths` only (oldest first)."""
+        state = tf.train.get_checkpoint_state(self.directory)
+        stamps = dict(zip(state.all_model_checkpoint_paths, state.all_model_checkpoint_timestamps))
+        tf.__internal__.train.update_checkpoint_state(
+            self.directory, paths[-1], all_model_checkpoint_paths=paths,
+            all_model_checkpoint_timestamps=[stamps.get(p, time.time()) for p in paths],
+            last_preserved_timestamp=state.last_preserved_timestamp, save_relative_paths=True)
+        self.manager = self._manager()
+        log.warning("resuming from %s; the unreadable checkpoints after it are out of rotation",
+                    paths[-1])
+
     def save(self, step: int) -> None:
+        """Saves the state at `step`, unless a weight is NaN or Inf: the last
+        checkpoint must stay the last good one."""
+        if not all(np.isfinite(v.numpy()).all() for v in self.checkpoint.model.weights):
+            raise TrainingDiverged(f"a weight became NaN or Inf by step {step}; the last good "
+                                   f"checkpoint in {self.directory} is kept")
         self.manager.save(checkpoint_number=step)
 
 
@@ -141,17 +270,31 @@ class _Progress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        self.bar.update(batch + 1, [(k, float(logs[k])) for k in ("loss", "kl") if k in logs])
+        # With steps_per_execution > 1 Keras reports the batch index in
+        # strides; the last stride may overshoot the epoch's step count.
+        self.bar.update(min(batch + 1, self.bar.target),
+                        [(k, float(logs[k])) for k in ("loss", "kl") if k in logs])
+
+
+def _interrupted(guard: _Guard, step: int) -> TrainingInterrupted:
+    return TrainingInterrupted(f"stopped by signal {guard.signal} at step {step}; checkpoint "
+                               "saved, re-run the same command to resume")
 
 
 @contextlib.contextmanager
 def _catch_signals(guard: _Guard):
-    """SIGTERM and SIGINT ask the guard to stop; restored on the way out."""
+    """SIGTERM and SIGINT ask the guard to stop; restored on the way out.
+
+    A second Ctrl-C stops at once (KeyboardInterrupt): the last checkpoint
+    is kept, only the steps since it are lost.
+    """
     if sys.platform == "win32" or not _in_main_thread():
         yield
         return
 
     def handler(signum, frame):
+        if guard.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         guard.signal = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -202,22 +345,19 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
         x_train = x_train[:config.limit]
         x_val, x_test = x_val[:config.limit], x_test[:config.limit]
         y_test = None if y_test is None else y_test[:config.limit]
+    check_data(config, {"train": x_train, "validation": x_val, "test": x_test})
     if config.decoder == "bernoulli" and config.binarize == "none":
         # Bernoulli log-likelihoods of grey levels are cross-entropies, fine
         # for training but not likelihoods of the data; say so once.
         log.info("Bernoulli decoder on grey levels: its log_prob is a cross-entropy")
     check_workdir(config, workdir)
 
-    keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config)
     data_shape = x_train.shape[1:]
-    with strategy.scope():
+    with strategy.scope(), precision_policy(config.precision):
         model = factory.build_model(config, data_shape)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-        model.compile(optimizer=optimizer, jit_compile=config.jit,
-                      steps_per_execution=config.steps_per_execution)
-        optimizer.build(model.trainable_variables)
+        optimizer = compile_model(model, config)
     is_chief = _is_chief(strategy)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not is_chief:   # other workers write throw-away copies (MultiWorkerMirrored needs it)
@@ -226,6 +366,9 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     restored = checkpoints.restore()
 
     steps_per_epoch = -(-len(x_train) // config.batch_size)
+    # One copy of the training set for every epoch's dataset (a new constant
+    # per epoch would grow memory by the data set's size each epoch).
+    x_train_tensor = tf.constant(x_train)
     step = int(optimizer.iterations.numpy())
     start_epoch, offset = divmod(step, steps_per_epoch)
     history_path = os.path.join(workdir, "history.json")
@@ -246,8 +389,7 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
         for epoch in range(start_epoch, config.epochs):
             if config.warmup_epochs:
                 model.beta.assign(config.beta * min(1.0, epoch / config.warmup_epochs))
-            ds = data.make_dataset(x_train, None, config.batch_size, binarize=config.binarize,
-                                   shuffle=True, seed=epoch_seed(config.seed, epoch))
+            ds = train_dataset(config, x_train_tensor, epoch)
             if offset:
                 ds = ds.skip(offset)
             progress = _Progress(epoch, config.epochs, steps_per_epoch - offset, verbose)
@@ -259,20 +401,22 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
                 raise TrainingDiverged(
                     f"loss became {guard.bad_loss} at step {step} (epoch {epoch + 1}); "
                     f"the last good checkpoint in {ckpt_dir} is kept")
-            if guard.signal is not None:
+            if guard.signal is not None and step % steps_per_epoch:
+                # Mid-epoch: save here; the resumed run skips the steps done.
                 checkpoints.save(step)
-                raise TrainingInterrupted(
-                    f"stopped by signal {guard.signal} at step {step}; checkpoint saved, "
-                    "re-run the same command to resume")
+                raise _interrupted(guard, step)
             logs = {k: v[-1] for k, v in fit.history.items()}
             val = model.evaluate(val_ds, return_dict=True, verbose=0)
             logs.update({f"val_{k}": v for k, v in val.items()})
             logs["beta"] = float(model.beta.numpy())
-            checkpoints.save(step)
             for k, v in logs.items():
                 history.setdefault(k, []).append(float(v))
+            # History first: a kill between the two leaves an extra epoch in
+            # it, which the resumed run cuts off; the other order would lose one.
             if is_chief:
                 files.write_json(history_path, history)
+            checkpoints.save(step)
+            if is_chief:
                 _write_tb(writer, {**{f"train/{k}": v for k, v in logs.items()
                                       if not k.startswith("val_")},
                                    **{f"validation/{k[4:]}": v for k, v in logs.items()
@@ -284,9 +428,12 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
                 print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {logs['elbo']:.2f}, "
                       f"validation ELBO {logs['val_elbo']:.2f} nats, KL {logs['val_kl']:.2f}",
                       flush=True)
+            if guard.signal is not None:   # the epoch's steps were done: it ended as usual
+                raise _interrupted(guard, step)
     train_seconds = time.time() - started
 
-    metrics = evaluate_model(model, config, x_test)
+    from tfp_vae import evaluate   # it imports this module: a cycle at import time
+    metrics = evaluate.evaluate_model(model, config, x_test)
     metrics.update(epochs=config.epochs, steps=int(optimizer.iterations.numpy()),
                    train_seconds_this_run=round(train_seconds, 2))
     if is_chief:
@@ -301,26 +448,6 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
             export.export_saved_model(model, os.path.join(workdir, "saved_model"))
     writer.close()
     return metrics
-
-
-def evaluate_model(model, config: Config, x: np.ndarray, iwae_k: int | None = None) -> dict:
-    """Test ELBO terms and the IWAE-k log-likelihood estimate, nats per example."""
-    ds = eval_dataset(config, x)
-    terms = {k: [] for k in ("elbo", "reconstruction", "kl", "iwae")}
-    k = iwae_k or config.eval_iwae_k
-    elbo = tf.function(lambda x, s: model.elbo(x, seed=s), jit_compile=config.jit)
-    iwae = tf.function(lambda x, s: model.iwae_bound(x, k, seed=s), jit_compile=config.jit)
-    for i, xb in enumerate(ds):
-        seed = tf.constant([config.seed, 1000 + i], tf.int32)
-        e = elbo(xb, seed)
-        terms["elbo"].append(e.elbo.numpy())
-        terms["reconstruction"].append(e.reconstruction.numpy())
-        terms["kl"].append(e.kl.numpy())
-        terms["iwae"].append(iwae(xb, seed).numpy())
-    out = {name: float(np.mean(np.concatenate(v))) for name, v in terms.items()}
-    out[f"iwae_{k}"] = out.pop("iwae")
-    out["num_examples"] = int(len(x))
-    return out
 
 
 def _is_chief(strategy) -> bool:
