@@ -195,6 +195,20 @@ def test_corrupt_checkpoints_fall_back_and_the_restored_one_survives_later_saves
     assert os.path.exists(os.path.join(directory, "ckpt-30.index"))
 
 
+def test_a_checkpoint_state_without_timestamps_is_still_resumed(tmp_path):
+    # Copied or hand-written state files often lack timestamps; the manager
+    # then lists no checkpoints, and a run used to start again from step 0.
+    directory = str(tmp_path / "checkpoints")
+    _save_numbered(directory, [5, 7])
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-7"\nall_model_checkpoint_paths: "ckpt-7"\n')
+    vae, optimizer = _model_and_optimizer()
+    checkpoints = train._Checkpoints(vae, optimizer, directory)
+    assert checkpoints.manager.checkpoints == []          # what TensorFlow sees
+    assert checkpoints.restore().endswith("ckpt-7")
+    np.testing.assert_array_equal(vae.encoder.head.kernel.numpy(), 7.0)
+
+
 def test_no_readable_checkpoint_is_an_error_that_deletes_nothing(tmp_path):
     directory = str(tmp_path / "checkpoints")
     _save_numbered(directory, [1, 2])
