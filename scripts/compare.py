@@ -1,7 +1,7 @@
 """PCA vs AE vs VAE at the same latent sizes on the same data: one report.
 
     python scripts/compare.py --workdir=runs/compare                 # mnist_5k, k = 2, 8, 32
-    python scripts/compare.py --preset=tiny --ks=2 --workdir=/tmp/c  # seconds
+    python scripts/compare.py --preset=tiny --ks=2 --workdir=runs/compare_tiny  # seconds
 
 Takes scripts/train.py's flags (data, widths, epochs, optimiser, seed; --model
 and --latent_dim are set per run) plus the ones below, and writes report.md,
