@@ -55,7 +55,8 @@ _WARMUP = flags.DEFINE_integer("warmup_epochs", None, "Ramp beta from 0 over N e
 _FREE_BITS = flags.DEFINE_float("free_bits", None, "Per-dimension KL floor, nats.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of weights, data order and draws.")
 _JIT = flags.DEFINE_bool("jit", None, "Compile the steps with XLA.")
-_SPE = flags.DEFINE_integer("steps_per_execution", None, "Steps per compiled call.")
+_SPE = flags.DEFINE_integer("steps_per_execution", None, "Training steps per compiled call, "
+                            "run as one XLA program when --jit on one device.")
 _PRECISION = flags.DEFINE_enum("precision", None, list(config_lib.PRECISIONS),
                                "float32, mixed_float16 or mixed_bfloat16.")
 _STRATEGY = flags.DEFINE_enum("strategy", None, list(config_lib.STRATEGIES),

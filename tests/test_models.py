@@ -179,3 +179,39 @@ def test_any_distribution_layer_serves_as_encoder(test_images):
 def test_bad_training_settings_raise(kwargs):
     with pytest.raises(ValueError):
         VAE(layers.GaussianEncoder(2), layers.BernoulliDecoder((4,)), **kwargs)
+
+
+def test_fused_steps_repeat_the_step_by_step_loop_exactly():
+    """steps_per_execution=n runs n steps in one XLA program (FusedSteps): the
+    same updates as Keras' one-program-per-step loop, short last batch included."""
+    x = data.load_arrays("mnist_5k", "train")[0][:1000]          # 15 batches of 64 + one of 40
+
+    def run(steps_per_execution):
+        vae = make_vae()
+        vae.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True,
+                    steps_per_execution=steps_per_execution)
+        history = [vae.fit(data.epoch_dataset(x, 64, binarize="dynamic", seed=e),
+                           initial_epoch=e, epochs=e + 1, verbose=0).history for e in range(2)]
+        ev = vae.evaluate(data.epoch_dataset(x, 64, shuffle=False, binarize="static"),
+                          return_dict=True, verbose=0)
+        return vae, history, ev
+
+    stepwise, fused = run(1), run(7)        # groups of 7, 7 and 2 (the short batch last)
+    assert not stepwise[0]._fuses_steps() and fused[0]._fuses_steps()
+    assert int(fused[0].optimizer.iterations) == int(stepwise[0].optimizer.iterations) == 32
+    for a, b in zip(stepwise[0].get_weights(), fused[0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(stepwise[1], fused[1]):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+    for k in stepwise[2]:
+        np.testing.assert_allclose(stepwise[2][k], fused[2][k], rtol=1e-5)
+
+
+def test_fused_steps_only_where_they_apply():
+    vae = make_vae()
+    vae.compile(optimizer="adam", jit_compile=False, steps_per_execution=4)
+    assert not vae._fuses_steps()                 # no XLA: Keras' own loop
+    vae.fit(digits(limit=400), epochs=1, verbose=0)
+    assert int(vae.optimizer.iterations) == 4

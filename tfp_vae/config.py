@@ -51,7 +51,7 @@ class Config:
     free_bits: float = 0.0
     seed: int = 0
     jit: bool = True
-    steps_per_execution: int = 32        # steps per compiled call: one Python round trip each
+    steps_per_execution: int = 32        # steps per compiled call: one XLA program (models.FusedSteps)
     precision: str = "float32"            # one of PRECISIONS
     strategy: str = "default"             # one of STRATEGIES
     tpu: str | None = None
