@@ -187,3 +187,19 @@ def test_bad_arguments_raise_clear_errors(bad):
     with pytest.raises(ValueError) as info:
         bad()
     assert "\n" not in str(info.value)
+
+
+def test_logit_bernoulli_is_tfps_bernoulli_with_a_cheaper_log_prob():
+    logits = tf.constant(np.random.default_rng(0).normal(0, 12, size=(64, 50)), tf.float32)
+    x = tf.constant(np.random.default_rng(1).uniform(size=(64, 50)) < 0.4, tf.float32)
+    grey = tf.constant(np.random.default_rng(2).uniform(size=(64, 50)), tf.float32)
+    ours = layers.LogitBernoulli(logits=logits, dtype=tf.float32)
+    theirs = tfd.Bernoulli(logits=logits, dtype=tf.float32)
+    for value in (x, grey):
+        np.testing.assert_allclose(ours.log_prob(value), theirs.log_prob(value),
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.mean(), theirs.mean())
+    np.testing.assert_allclose(tfd.kl_divergence(ours, theirs), 0.0, atol=1e-5)
+    assert isinstance(ours[:2], layers.LogitBernoulli)          # slicing keeps the type
+    with_probs = layers.LogitBernoulli(probs=[0.25], dtype=tf.float32)     # TFP's own path
+    np.testing.assert_allclose(with_probs.log_prob([1.0]), np.log(0.25), rtol=1e-6)
