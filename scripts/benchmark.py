@@ -15,9 +15,10 @@ so a load from other jobs falls on all of them alike and the ratios hold:
   peak_rss_mb              peak resident memory of a fresh process that only
                            builds, trains, evaluates and scores that one model
 
-tfp_vae is measured on its own training path: `train.train_dataset` (a fresh,
-dynamically binarised tf.data pipeline each epoch) and one `fit` per epoch,
-compiled as `train.compile_model` compiles it. The references are written the
+tfp_vae is measured on its own training path: `train.train_dataset` (each
+epoch a fresh pass, shuffled and dynamically binarised at once by one compiled
+function) and one `fit` per epoch, compiled as `train.compile_model` compiles
+it: 32 steps per XLA program (`models.FusedSteps`). The references are written the
 way their tutorials write them (each in one function below, deliberately not
 sharing code with tfp_vae or each other), fed statically binarised arrays:
 

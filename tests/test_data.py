@@ -447,3 +447,22 @@ def test_tfds_prepared_data_dir(tmp_path, with_validation):
     assert sizes == ({"train": 30, "validation": 5, "test": 10} if with_validation else {"train": 27, "validation": 3, "test": 10})
     assert data.data_shape(name, data_dir=str(tmp_path)) == (4, 4, 1)
     assert data.num_classes(name, data_dir=str(tmp_path)) == 3
+
+
+def test_epoch_dataset_is_one_pass_fixed_by_its_seed():
+    grey = data.load_arrays("mnist_5k", "train")[0][:1000]
+    one = lambda **kw: _epoch(data.epoch_dataset(grey, 128, **kw))     # noqa: E731
+    plain = one(binarize="none", seed=3)
+    # A permutation of the examples: every image once, in another order.
+    assert plain.shape == grey.shape and not np.array_equal(plain, grey)
+    np.testing.assert_array_equal(np.sort(plain.reshape(len(grey), -1).sum(1)),
+                                  np.sort(grey.reshape(len(grey), -1).sum(1)))
+    np.testing.assert_array_equal(one(binarize="none", shuffle=False, seed=3), grey)
+    a, b, c = (one(binarize="dynamic", seed=s) for s in (5, 5, 6))
+    np.testing.assert_array_equal(a, b)                  # same seed, same pass
+    assert not np.array_equal(a, c)
+    assert set(np.unique(a)) == {0.0, 1.0}
+    assert abs(a.mean() - grey.mean()) < 3e-3            # Bernoulli(p): 784k pixels
+    ds = data.epoch_dataset(grey, 128, binarize="static", shuffle=False)
+    np.testing.assert_array_equal(_epoch(ds), (grey > 0.5).astype(np.float32))
+    assert [len(batch) for batch in _batches(ds)] == [128] * 7 + [104]

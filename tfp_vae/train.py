@@ -98,9 +98,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def train_dataset(config: Config, x, epoch: int) -> tf.data.Dataset:
     """Epoch `epoch`'s training batches `[B, *data]`: order and binarisation draws
-    are a fixed function of (seed, epoch), so a resumed run rebuilds them exactly."""
-    return data.make_dataset(x, None, config.batch_size, binarize=config.binarize,
-                             shuffle=True, seed=epoch_seed(config.seed, epoch))
+    are a fixed function of (seed, epoch), so a resumed run rebuilds them exactly.
+    The epoch is computed up front (`data.epoch_dataset`): cheap to build anew."""
+    return data.epoch_dataset(x, config.batch_size, binarize=config.binarize, shuffle=True,
+                              seed=epoch_seed(config.seed, epoch))
 
 
 @contextlib.contextmanager
