@@ -523,6 +523,17 @@ def score_all(scorer, batches) -> float:
     return float(np.mean(np.concatenate(out)))
 
 
+def _attempt(name: str, results: dict, fn):
+    """fn()'s value; a reference that fails here is recorded in `results`, not fatal."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        if name == "tfp_vae":
+            raise
+        results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        return None
+
+
 def measure(names, x, steps: int, warmup: int, repeats: int, iwae_k: int) -> dict:
     """Interleaved throughputs: {name: {figure: median}}, plus error strings for failures."""
     import numpy as np
@@ -531,20 +542,27 @@ def measure(names, x, steps: int, warmup: int, repeats: int, iwae_k: int) -> dic
     warm_epochs = max(1, -(-warmup // steps_per_epoch))
     iwae_x = iwae_batches(heldout_arrays(min(500, 10 * BATCH)), 100)
     impls, results, times = {}, {}, {}
+    # Build every implementation before warming any up: their constructors set
+    # TF's global seed, which drops the compiled functions of those built
+    # earlier, and the recompile would land in the first timed repeat.
+    built = {}
     for name in names:
-        try:
-            impl = make(name, x)
+        impl = _attempt(name, results, lambda: make(name, x))
+        if impl is not None:
+            built[name] = impl
+    for name, impl in built.items():
+        def warm_up():
             impl.train_epochs(warm_epochs)
             impl.evaluate()
             impl.evaluate()
             scorer = impl.iwae_scorer(iwae_k)
             score_all(scorer, iwae_x)
+            return scorer
+
+        scorer = _attempt(name, results, warm_up)
+        if scorer is not None:
             impls[name] = (impl, scorer)
             times[name] = {"train": [], "eval": [], "iwae": []}
-        except Exception as e:  # a reference that cannot run here is recorded, not fatal
-            if name == "tfp_vae":
-                raise
-            results[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     for _ in range(repeats):
         for name, (impl, scorer) in impls.items():
             start = time.perf_counter()
