@@ -118,6 +118,49 @@ class LogitBernoulli(tfd.Bernoulli):
         return -tf.nn.sigmoid_cross_entropy_with_logits(labels=event, logits=logits)
 
 
+def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
+    """N(0, 1) draws of `shape` for a stateless `seed` (`[2]` ints): Φ⁻¹(u).
+
+    u is TensorFlow's Philox uniform, k·2⁻²³ on [0, 1) in float32, moved up
+    by half a grid step to the midpoints (2k + 1)·2⁻²⁴: all inside (0, 1)
+    and symmetric about ½, so every draw is finite (|ε| ≤ 5.29) and ε and −ε
+    are equally likely (float64: k·2⁻⁵², |ε| ≤ 8.21). Inverting the CDF
+    (`tf.math.ndtri`) costs under XLA a fraction of what
+    `tf.random.stateless_normal` does; compiled and eager runs draw different
+    numbers for the same seed (XLA's Philox stream is its own). 16-bit
+    dtypes draw in float32 and round.
+    """
+    draw = tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+    u = tf.random.stateless_uniform(shape, seed, dtype=draw, alg="philox")
+    return tf.cast(tf.math.ndtri(u + np.finfo(draw.as_numpy_dtype).eps / 2), dtype)
+
+
+class NdtriNormalDiag(tfd.MultivariateNormalDiag):
+    """`tfd.MultivariateNormalDiag` that samples with :func:`standard_normal`.
+
+    TFP draws the standard-normal base with `tf.random.stateless_normal` in
+    the layout `[n, K, B]` and transposes it; here ε `[n, B, K]` comes from
+    Φ⁻¹ of Philox uniforms, and z = loc + scale·ε through the distribution's
+    own bijector (so `log_prob` of a sample reuses the cached ε). Under XLA
+    this halves the time of an importance-weighted bound with k = 100. The
+    law and the reparameterisation are the same; for the same seed the
+    numbers are not TFP's. log_prob, KL, entropy and everything else are
+    TFP's. A stateful seed (None or an int) takes TFP's own sampler.
+
+    >>> q = NdtriNormalDiag(loc=[0.0, 1.0], scale_diag=[1.0, 2.0])
+    >>> q.sample(3, seed=(1, 2)).shape
+    TensorShape([3, 2])
+    """
+
+    def _call_sample_n(self, sample_shape, seed, **kwargs):
+        if kwargs or seed is None or isinstance(seed, int):
+            return super()._call_sample_n(sample_shape, seed, **kwargs)
+        shape = tf.concat([tf.reshape(tf.cast(sample_shape, tf.int32), [-1]),
+                           self.batch_shape_tensor(), self.event_shape_tensor()], axis=0)
+        eps = standard_normal(shape, tfp.random.sanitize_seed(seed), self.dtype)
+        return self.bijector.forward(eps)
+
+
 class _DistributionLayer(keras.layers.Layer):
     """Body + float32 head; subclasses say how head outputs become a distribution."""
 
@@ -222,8 +265,7 @@ class GaussianEncoder(_DistributionLayer):
     def call(self, x):
         params = self._head_params(self._features(x))
         loc, raw_scale = tf.split(params, 2, axis=-1)
-        return tfd.MultivariateNormalDiag(
-            loc=loc, scale_diag=tf.math.softplus(raw_scale) + self.min_scale)
+        return NdtriNormalDiag(loc=loc, scale_diag=tf.math.softplus(raw_scale) + self.min_scale)
 
     def get_config(self):
         config = super().get_config()
