@@ -466,3 +466,9 @@ def test_epoch_dataset_is_one_pass_fixed_by_its_seed():
     ds = data.epoch_dataset(grey, 128, binarize="static", shuffle=False)
     np.testing.assert_array_equal(_epoch(ds), (grey > 0.5).astype(np.float32))
     assert [len(batch) for batch in _batches(ds)] == [128] * 7 + [104]
+    # Whole batches only, one short batch only, other image shapes (retraces).
+    for images, sizes in ((grey[:256], [128, 128]), (grey[:50], [50]),
+                          (grey[:300, :14], [128, 128, 44])):
+        ds = data.epoch_dataset(images, 128, shuffle=False)
+        assert [len(batch) for batch in _batches(ds)] == sizes
+        np.testing.assert_array_equal(_epoch(ds), images)
