@@ -53,6 +53,15 @@ def test_flops_are_counted_from_the_layer_sizes(report):
         report["matmul_peak_gflops"] * 1e9 / (3 * forward))
 
 
+def test_flop_bound_is_measured_with_every_repeat(report):
+    peaks = report["matmul_peak_gflops_all"]
+    rates = report["tfp_vae"]["train_examples_per_sec_all"]
+    assert len(peaks) == len(rates) == report["protocol"]["repeats"]
+    ratios = report["ratios"]
+    # Against the best peak of the run the ratio can only be lower than paired.
+    assert ratios["train_vs_best_flop_bound"] <= ratios["train_vs_flop_bound"] * (1 + 1e-3)
+
+
 def test_bounded_memory_iwae_probe_reports_its_run(report):
     probe = report["iwae_bounded_memory"]
     assert probe["k"] == 7 and probe["examples"] == 30
