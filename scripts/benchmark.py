@@ -36,12 +36,13 @@ FLOPs are counted from the layer sizes: a Dense n->m costs 2nm per example
 forward, and its backward pass 2nm for the weights' gradient and 2nm for its
 input's, except the first layer's, whose input is the data: a training step
 is 3x the forward less 2*784*512 (the usual "3x forward" would add that
-matmul, which XLA never computes, and flatter the ratio). The FLOP bound is the measured float32 matmul peak divided by the
-training FLOPs per example. A shared VM's speed drifts (here by up to a third
-between minutes), so the peak is measured again at the start of every repeat
-and `train_vs_flop_bound` is the median over repeats of that repeat's
-training rate over that repeat's bound; `train_vs_best_flop_bound` divides
-the median rate by the bound of the best peak seen in the run instead.
+matmul, which XLA never computes, and flatter the ratio). The FLOP bound is
+the measured float32 matmul peak divided by the training FLOPs per example.
+A shared VM's speed drifts (here by up to a third between minutes), so the
+peak is measured again at the start of every repeat and `train_vs_flop_bound`
+is the median over repeats of that repeat's training rate over that repeat's
+bound; `train_vs_best_flop_bound` divides the median rate by the bound of the
+best peak seen in the run instead.
 
 Output: JSON on stdout (and in --output).
 """

@@ -153,7 +153,7 @@ class NdtriNormalDiag(tfd.MultivariateNormalDiag):
     """
 
     def _call_sample_n(self, sample_shape, seed, **kwargs):
-        if kwargs or seed is None or isinstance(seed, int):
+        if kwargs or seed is None or isinstance(seed, (int, np.integer)):
             return super()._call_sample_n(sample_shape, seed, **kwargs)
         shape = tf.concat([tf.reshape(tf.cast(sample_shape, tf.int32), [-1]),
                            self.batch_shape_tensor(), self.event_shape_tensor()], axis=0)
