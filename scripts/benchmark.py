@@ -19,18 +19,30 @@ tfp_vae is measured on its own training path: `train.train_dataset` (each
 epoch a fresh pass, shuffled and dynamically binarised at once by one compiled
 function) and one `fit` per epoch, compiled as `train.compile_model` compiles
 it: 32 steps per XLA program (`models.FusedSteps`). The references are written the
-way their tutorials write them (each in one function below, deliberately not
+way their tutorials write them (each in one class below, deliberately not
 sharing code with tfp_vae or each other), fed statically binarised arrays:
 
-  keras_io     keras.io "Variational AutoEncoder": Sampling layer, z_mean /
-               z_log_var, custom train_step, fit on arrays, jit_compile=True
-  tf_tutorial  tensorflow.org "Convolutional VAE" tutorial's loop (with this
-               MLP): tf.function(jit_compile=True) step, Monte-Carlo KL
-  tfp_layers   TFP's "Probabilistic Layers VAE" example on tf_keras
-               (Keras 2): IndependentNormal + KLDivergenceRegularizer,
-               IndependentBernoulli, loss = -log_prob, jit_compile=True; its
-               KL regulariser is collected twice by the nested models, so the
-               weight is set to undo that (recorded as `kl_copies`)
+  keras_io         keras.io "Variational AutoEncoder": Sampling layer, z_mean /
+                   z_log_var, custom train_step, fit on arrays; compiled as the
+                   example compiles it: Keras 3's jit_compile="auto", which is
+                   no XLA on a machine without accelerators
+  tf_tutorial      tensorflow.org "Convolutional VAE" tutorial's loop (with this
+                   MLP): a tf.function step, Monte-Carlo KL
+  tfp_layers       TFP's "Probabilistic Layers VAE" example on tf_keras
+                   (Keras 2): IndependentNormal + KLDivergenceRegularizer,
+                   IndependentBernoulli, loss = -log_prob; its KL regulariser
+                   is collected twice by the nested models, so the weight is
+                   set to undo that (recorded as `kl_copies`)
+  keras_io_xla     the same three, with XLA switched on (jit_compile=True),
+  tf_tutorial_xla  which their tutorials do not do on a CPU: the strongest
+  tfp_layers_xla   form of each idiom
+
+Each reference records `xla` (whether its training step is compiled by XLA)
+and `as_written` (false for the *_xla variants). `train_vs_fastest_idiom`
+compares with the fastest reference as written, `train_vs_fastest_reference`
+with the fastest of all; `train_ratios_by_repeat` holds, per reference, the
+ratio within each repeat (the repeats are interleaved, so each pair shares the
+machine's state of that moment).
 
 FLOPs are counted from the layer sizes: a Dense n->m costs 2nm per example
 forward, and its backward pass 2nm for the weights' gradient and 2nm for its
@@ -59,7 +71,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-IDIOMS = ("keras_io", "tf_tutorial", "tfp_layers")
+IDIOMS = ("keras_io", "tf_tutorial", "tfp_layers", "keras_io_xla", "tf_tutorial_xla",
+          "tfp_layers_xla")
 
 _STEPS = flags.DEFINE_integer("steps", 256, "Training steps per timed repeat (rounded up to "
                               "whole epochs of 32 steps).")
@@ -231,7 +244,7 @@ class KerasIo:
 
     name = "keras_io"
 
-    def __init__(self, x):
+    def __init__(self, x, xla=None):
         import keras
         import tensorflow as tf
         from keras import layers, ops
@@ -308,7 +321,11 @@ class KerasIo:
         self.x = (x > 0.5).astype("float32")
         self.encoder, self.decoder = encoder, decoder
         self.vae = VAE(encoder, decoder)
-        self.vae.compile(optimizer=keras.optimizers.Adam(LR), jit_compile=True)
+        if xla is None:     # as the example writes it
+            self.vae.compile(optimizer=keras.optimizers.Adam(LR))
+        else:
+            self.vae.compile(optimizer=keras.optimizers.Adam(LR), jit_compile=xla)
+        self.xla = bool(self.vae.jit_compile)      # "auto" as Keras resolved it
 
     def train_epochs(self, epochs: int) -> int:
         self.vae.fit(self.x, epochs=epochs, batch_size=BATCH, verbose=0)
@@ -342,7 +359,7 @@ class KerasIo:
             log_w = log_px + log_normal(z, 0.0, 0.0) - log_normal(z, z_mean, z_log_var)
             return ops.logsumexp(log_w, axis=0) - math.log(k)
 
-        return tf.function(score, jit_compile=True)
+        return tf.function(score, jit_compile=self.xla)
 
 
 class TfTutorial:
@@ -350,7 +367,7 @@ class TfTutorial:
 
     name = "tf_tutorial"
 
-    def __init__(self, x):
+    def __init__(self, x, xla: bool = False):
         import tensorflow as tf
 
         tf.random.set_seed(0)
@@ -397,14 +414,14 @@ class TfTutorial:
         model = CVAE(LATENT)
         optimizer = tf.keras.optimizers.Adam(LR)
 
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=xla)
         def train_step(model, x, optimizer):
             with tf.GradientTape() as tape:
                 loss = compute_loss(model, x)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=xla)
         def eval_step(model, x):
             return compute_loss(model, x)
 
@@ -420,6 +437,7 @@ class TfTutorial:
             log_w = logpx_z + log_normal_pdf(z, 0., 0., 2) - log_normal_pdf(z, mean, logvar, 2)
             return tf.reduce_logsumexp(log_w, axis=0) - math.log(k)
 
+        self.xla = xla
         self.x = (x > 0.5).astype("float32")
         self.model, self.optimizer = model, optimizer
         self.train_step, self.eval_step, self.score = train_step, eval_step, score
@@ -442,7 +460,7 @@ class TfTutorial:
 
     def iwae_scorer(self, k: int):
         import tensorflow as tf
-        return tf.function(lambda x, seed: self.score(x, seed, k), jit_compile=True)
+        return tf.function(lambda x, seed: self.score(x, seed, k), jit_compile=self.xla)
 
 
 class TfpLayers:
@@ -450,7 +468,7 @@ class TfpLayers:
 
     name = "tfp_layers"
 
-    def __init__(self, x):
+    def __init__(self, x, xla: bool = False):
         import tensorflow as tf
         import tensorflow_probability as tfp
         import tf_keras as tfk
@@ -482,7 +500,8 @@ class TfpLayers:
         if self.kl_copies != 1:
             encoder, decoder, vae = build(1.0 / self.kl_copies)
         vae.compile(optimizer=tfk.optimizers.Adam(learning_rate=LR),
-                    loss=lambda x, rv_x: -rv_x.log_prob(x), jit_compile=True)
+                    loss=lambda x, rv_x: -rv_x.log_prob(x), jit_compile=xla)
+        self.xla = xla
         self.x = (x > 0.5).astype("float32")
         self.encoder, self.decoder, self.vae, self.prior = encoder, decoder, vae, prior
         self.train_dataset = (tf.data.Dataset.from_tensor_slices((self.x, self.x))
@@ -509,17 +528,23 @@ class TfpLayers:
             log_w = (tf.reshape(p.log_prob(x_k), [k, -1]) + prior.log_prob(z) - q.log_prob(z))
             return tf.reduce_logsumexp(log_w, axis=0) - math.log(k)
 
-        return tf.function(score, jit_compile=True)
+        return tf.function(score, jit_compile=self.xla)
 
 
-IMPLEMENTATIONS = {"tfp_vae": TfpVae, "keras_io": KerasIo, "tf_tutorial": TfTutorial,
-                   "tfp_layers": TfpLayers}
+# name: (class, keyword arguments, written as its tutorial writes it)
+IMPLEMENTATIONS = {"keras_io": (KerasIo, {}, True),
+                   "tf_tutorial": (TfTutorial, {"xla": False}, True),
+                   "tfp_layers": (TfpLayers, {"xla": False}, True),
+                   "keras_io_xla": (KerasIo, {"xla": True}, False),
+                   "tf_tutorial_xla": (TfTutorial, {"xla": True}, False),
+                   "tfp_layers_xla": (TfpLayers, {"xla": True}, False)}
 
 
 def make(name, x):
     if name == "tfp_vae":
         return TfpVae(x, _SPE.value)
-    return IMPLEMENTATIONS[name](x)
+    cls, kwargs, _ = IMPLEMENTATIONS[name]
+    return cls(x, **kwargs)
 
 
 # -- measuring -----------------------------------------------------------------------------
@@ -601,6 +626,9 @@ def measure(names, x, steps: int, warmup: int, repeats: int, iwae_k: int, peak) 
             "iwae_samples_per_sec": float(np.median(t["iwae"])),
             "train_examples_per_sec_all": [round(v, 1) for v in t["train"]],
         }
+        if name != "tfp_vae":
+            results[name]["xla"] = impl.xla
+            results[name]["as_written"] = IMPLEMENTATIONS[name][2]
         if hasattr(impl, "kl_copies"):
             results[name]["kl_copies"] = impl.kl_copies
     results["_protocol"] = {"epochs_per_repeat": epochs, "steps_per_repeat": epochs *
@@ -702,6 +730,15 @@ def main(argv):
                              v["eval_examples_per_sec"] for k, v in ok.items()})
     result["ratios"].update({"iwae_vs_" + k: ours["iwae_samples_per_sec"] /
                              v["iwae_samples_per_sec"] for k, v in ok.items()})
+    for key, keep in (("fastest_idiom", lambda v: v["as_written"]),
+                      ("fastest_reference", lambda v: True)):
+        rates = [v["train_examples_per_sec"] for v in ok.values() if keep(v)]
+        if rates:
+            result["ratios"]["train_vs_" + key] = ours["train_examples_per_sec"] / max(rates)
+    result["train_ratios_by_repeat"] = {
+        k: [round(a / b, 3) for a, b in zip(ours["train_examples_per_sec_all"],
+                                            v["train_examples_per_sec_all"])]
+        for k, v in ok.items()}
     # Each repeat's rate over the bound measured just before it; and, for
     # comparison, the median rate over the bound of the best peak seen.
     result["ratios"]["train_vs_flop_bound"] = float(np.median(
