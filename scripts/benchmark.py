@@ -71,6 +71,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from tfp_vae import cli  # noqa: E402
+
 IDIOMS = ("keras_io", "tf_tutorial", "tfp_layers", "keras_io_xla", "tf_tutorial_xla",
           "tfp_layers_xla")
 
@@ -680,11 +682,12 @@ def probe_flags() -> list:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv   # cli.run has refused positional arguments
     bad = sorted(set(_IDIOMS.value) - set(IDIOMS))
     if bad:
         raise app.UsageError(f"unknown --idioms {bad}; known: {', '.join(IDIOMS)}")
+    if _IWAE_K.value and not _PROBE.value:
+        heldout_arrays(_IWAE_EXAMPLES.value)   # too many asked for: say so before measuring
     set_threads()
     if _PROBE.value:
         if _PROBE.value == "iwae":
@@ -760,4 +763,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

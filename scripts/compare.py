@@ -16,7 +16,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tfp_vae import cli  # noqa: E402
 
 # scripts/train.py defines the shared flags and turns them into a Config: one place.
 _spec = importlib.util.spec_from_file_location(
@@ -46,8 +48,7 @@ for _flag in (_TRANSFER_SEEDS, _TRANSFER_STEPS, _JUDGE_STEPS):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv   # cli.run has refused positional arguments
     from absl import logging
     from tfp_vae import compare, data
     from tfp_vae.config import ConfigError
@@ -74,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

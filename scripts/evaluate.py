@@ -13,7 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tfp_vae import cli  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory: evaluates its "
                                "latest checkpoint.")
@@ -60,8 +62,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv   # cli.run has refused positional arguments
     if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
         print("error: pass exactly one of --workdir and --saved_model", file=sys.stderr)
         return 2
@@ -90,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,9 +11,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from tfp_vae import config as config_lib  # noqa: E402
+from tfp_vae import cli, config as config_lib  # noqa: E402
 
 _PRESET = flags.DEFINE_enum("preset", "default", ["default", "tiny"],
                             "Settings to start from; other flags override them.")
@@ -100,8 +100,7 @@ def config_from_flags() -> config_lib.Config:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv   # cli.run has refused positional arguments
     from absl import logging
     from tfp_vae import data, train
 
@@ -141,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -155,16 +155,30 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     ("--latent_dim=0", "latent_dim"), ("--batch_size=-1", "batch_size"),
     ("--learning_rate=0", "learning_rate"), ("--num_samples=0", "num_samples"),
     ("--decoder=gaussian", "decoder"), ("--objective=vi", "objective"),
+    ("--epochs=ten", "epochs"), ("--no_such_flag=1", "no_such_flag"), ("stray", "stray"),
 ])
-def test_flags_out_of_range_exit_non_zero_before_anything_is_written(tmp_path, flag, says):
+def test_bad_flags_exit_2_with_one_line_before_anything_is_written(tmp_path, flag, says):
     workdir = tmp_path / "run"
     proc = subprocess.run([sys.executable, SCRIPT, f"--workdir={workdir}", flag],
                           capture_output=True, text=True, env=_env(), timeout=300,
                           check=False)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert says in proc.stderr.strip().splitlines()[0], proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("script, flag, says", [
+    ("evaluate.py", "--k=0", "--k"), ("compare.py", "--ks=4,x", "--ks"),
+    ("benchmark.py", "--idioms=tf_tutorial,fortran", "fortran"),
+])
+def test_every_script_reports_a_bad_flag_in_one_line(script, flag, says):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), flag],
+                          capture_output=True, text=True, env=_env(), timeout=300,
+                          check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
 
 
 def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path):

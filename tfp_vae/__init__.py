@@ -11,7 +11,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("baselines", "compare", "config", "data", "evaluate", "export", "factory",
+_SUBMODULES = ("baselines", "cli", "compare", "config", "data", "evaluate", "export", "factory",
                "figures", "files", "layers", "models", "objectives", "pca", "plots", "priors",
                "train", "transfer")
 _NAMES = {
