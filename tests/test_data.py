@@ -340,6 +340,19 @@ def test_npz_errors_are_one_line_data_errors(tmp_path):
         assert expected in message, (file_name, message)
 
 
+def test_npz_float_range_hint_only_for_grey_levels(tmp_path):
+    levels, scaled = str(tmp_path / "levels.npz"), str(tmp_path / "scaled.npz")
+    np.savez(levels, x=np.arange(20 * 16, dtype=np.float32).reshape(20, 4, 4) % 256)
+    np.savez(scaled, x=np.linspace(-1.5, 1.5, 20 * 16).reshape(20, 4, 4))
+    with pytest.raises(DataError) as error:
+        data.load_arrays(levels, "train")
+    assert "divide by 255" in _assert_one_line(error)
+    with pytest.raises(DataError) as error:
+        data.load_arrays(scaled, "train")
+    message = _assert_one_line(error)
+    assert message.endswith("values in [-1.5, 1.5]; scale it to [0, 1]"), message
+
+
 def test_npz_missing_file_and_empty_split(tmp_path):
     with pytest.raises(DataError) as error:
         data.load_arrays(str(tmp_path / "absent.npz"), "train")

@@ -694,7 +694,9 @@ def _check_unit_float(x: np.ndarray, where: str) -> np.ndarray:
     _check_finite(x, where)
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
-        hint = " (divide by 255, or store uint8)" if lo >= 0.0 and hi <= 255.0 else ""
+        # Whole numbers up to 255 are grey levels stored as floats.
+        levels = lo >= 0.0 and hi <= 255.0 and bool(np.all(x == np.round(x)))
+        hint = " (they look like 0..255 grey levels: divide by 255, or store uint8)" if levels else ""
         raise DataError(f"{where}: float x has values in [{lo:g}, {hi:g}]; scale it to [0, 1]{hint}")
     return x
 
