@@ -485,3 +485,22 @@ def test_epoch_dataset_is_one_pass_fixed_by_its_seed():
         ds = data.epoch_dataset(images, 128, shuffle=False)
         assert [len(batch) for batch in _batches(ds)] == sizes
         np.testing.assert_array_equal(_epoch(ds), images)
+
+
+def test_epoch_dataset_moves_labels_with_their_images():
+    x, y = data.load_arrays("mnist_5k", "train")
+    x, y = x[:300], y[:300]
+    for kw in ({"binarize": "dynamic", "seed": 5}, {"binarize": "none", "seed": 2, "shuffle": False}):
+        pairs = list(data.epoch_dataset(x, 128, y=y, **kw).as_numpy_iterator())
+        assert [len(xb) for xb, _ in pairs] == [len(yb) for _, yb in pairs] == [128, 128, 44]
+        images = np.concatenate([xb for xb, _ in pairs])
+        labels = np.concatenate([yb for _, yb in pairs])
+        # The images are those of the unlabelled pass, and each keeps its own label.
+        np.testing.assert_array_equal(images, _epoch(data.epoch_dataset(x, 128, **kw)))
+        index = np.concatenate([ib for ib, _ in data.epoch_dataset(
+            np.arange(300.0)[:, None], 128, y=y, seed=kw["seed"],
+            shuffle=kw.get("shuffle", True)).as_numpy_iterator()])[:, 0].astype(int)
+        assert labels.dtype == y.dtype
+        np.testing.assert_array_equal(labels, y[index])
+    with pytest.raises(ValueError, match="labels"):
+        data.epoch_dataset(x, 128, y=y[:10])

@@ -278,11 +278,13 @@ def epoch_dataset(
     x,
     batch_size: int = 128,
     *,
+    y=None,
     binarize: str = "none",
     shuffle: bool = True,
     seed: int = 0,
 ) -> tf.data.Dataset:
-    """One pass over in-memory images, computed up front: batches ``[B, *x.shape[1:]]``.
+    """One pass over in-memory images, computed up front: batches ``[B, *x.shape[1:]]``
+    (pairs ``(x, y)`` when labels ``y`` are given).
 
     The order (one stateless shuffle) and the binarisation draws (one
     Bernoulli draw for the whole pass) are a fixed function of ``seed``; the
@@ -298,6 +300,8 @@ def epoch_dataset(
     Args:
       x: float32 ``[N, ...]`` in ``[0, 1]``, numpy or a tensor.
       batch_size, binarize: as in :func:`load`.
+      y: int labels ``[N]`` (numpy or a tensor), permuted with their images;
+        the images and their order are the same as without them.
       shuffle: permute the examples.
       seed: an int; the pass is a fixed function of it.
     """
@@ -307,8 +311,15 @@ def epoch_dataset(
     key = tf.constant([int(seed) % (2**31 - 1), 0], tf.int32)
     full, rest = _one_pass(images, key, shuffle=bool(shuffle), mode=binarize,
                            batch_size=int(batch_size))
+    if y is not None:
+        labels = y if tf.is_tensor(y) else tf.constant(y)
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"y must be [N] = [{images.shape[0]}] labels; got shape {labels.shape}")
+        labels = _one_pass(labels, key, shuffle=bool(shuffle), mode="none",
+                           batch_size=int(batch_size))
+        full, rest = (full, labels[0]), (rest, labels[1])
     ds = tf.data.Dataset.from_tensor_slices(full)
-    if rest.shape[0]:
+    if int(tf.nest.flatten(rest)[0].shape[0]):
         ds = ds.concatenate(tf.data.Dataset.from_tensors(rest))
     # Nothing here for tf.data to tune or rewrite. Its default rewrite would
     # serialise the pass each time an iterator is made (~2 ms of an epoch's
