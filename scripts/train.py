@@ -42,6 +42,8 @@ _PRIOR = flags.DEFINE_enum("prior", None, list(config_lib.PRIORS),
                            "normal (N(0, I)), vamp (VampPrior) or mog (learned mixture).")
 _PRIOR_COMPONENTS = flags.DEFINE_integer("prior_components", None,
                                          "Pseudo-inputs (vamp) or components (mog).")
+_CONDITIONAL = flags.DEFINE_bool("conditional", None, "A conditional VAE: q(z|x, y) and "
+                                  "p(x|z, y) on the data set's labels (arch=mlp).")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Passes over the training split.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Examples per step.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam's step size.")
@@ -71,7 +73,8 @@ _EXPORT = flags.DEFINE_bool("export", None, "Export a SavedModel at the end.")
 _FIELDS = {"model": _MODEL, "dataset": _DATASET, "data_dir": _DATA_DIR, "binarize": _BINARIZE,
            "limit": _LIMIT,
            "arch": _ARCH, "latent_dim": _LATENT_DIM, "decoder": _DECODER, "decoder_scale": _DECODER_SCALE,
-           "prior": _PRIOR, "prior_components": _PRIOR_COMPONENTS, "epochs": _EPOCHS, "batch_size": _BATCH_SIZE, "learning_rate": _LEARNING_RATE,
+           "prior": _PRIOR, "prior_components": _PRIOR_COMPONENTS, "conditional": _CONDITIONAL,
+           "epochs": _EPOCHS, "batch_size": _BATCH_SIZE, "learning_rate": _LEARNING_RATE,
            "objective": _OBJECTIVE, "num_samples": _NUM_SAMPLES, "analytic_kl": _ANALYTIC_KL,
            "beta": _BETA, "warmup_epochs": _WARMUP, "free_bits": _FREE_BITS, "seed": _SEED,
            "jit": _JIT, "steps_per_execution": _SPE, "precision": _PRECISION,

@@ -186,6 +186,8 @@ def run(config: Config, workdir: str, ks: Sequence[int] = (2, 8, 32), *,
     Returns:
       the metrics written to metrics.json.
     """
+    if config.conditional:
+        raise ConfigError("compare sets unconditional models side by side; drop conditional")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ConfigError(f"ks must be positive integers; got {ks}")

@@ -40,6 +40,7 @@ class Config:
     decoder_scale: str = "1.0"            # NormalDecoder scale: a float, "scalar", "diagonal"
     prior: str = "normal"                 # one of PRIORS
     prior_components: int = 50            # pseudo-inputs (vamp) or mixture components (mog)
+    conditional: bool = False             # q(z|x, y), p(x|z, y): a ConditionalVAE on labels
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -90,6 +91,12 @@ class Config:
              "strategy=tpu needs the TPU's address (--tpu)")
         need(not (self.objective == "iwae" and self.free_bits > 0),
              "free_bits applies to the ELBO objective only; use objective=elbo")
+        if self.conditional:
+            need(self.model == "vae", f"conditional applies to model=vae; got model={self.model}")
+            need(self.arch == "mlp", "conditional needs arch=mlp (the label joins the "
+                 "flattened image)")
+            need(self.prior != "vamp", "conditional does not take prior=vamp (its pseudo-inputs "
+                 "have no labels); use prior=normal or mog")
 
     # -- JSON -----------------------------------------------------------------------
 
@@ -123,9 +130,9 @@ class Config:
 # A resumed run may change how long it trains, how it evaluates and where it
 # runs, but not the model or the data it trains on.
 _MODEL_FIELDS = ("model", "dataset", "binarize", "limit", "arch", "latent_dim", "hidden_units",
-                 "decoder", "decoder_scale", "prior", "prior_components", "batch_size",
-                 "learning_rate", "objective", "num_samples", "analytic_kl", "beta",
-                 "warmup_epochs", "free_bits", "seed", "precision")
+                 "decoder", "decoder_scale", "prior", "prior_components", "conditional",
+                 "batch_size", "learning_rate", "objective", "num_samples", "analytic_kl",
+                 "beta", "warmup_epochs", "free_bits", "seed", "precision")
 
 
 def _is_positive_float(text: str) -> bool:

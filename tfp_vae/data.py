@@ -314,7 +314,8 @@ def epoch_dataset(
     if y is not None:
         labels = y if tf.is_tensor(y) else tf.constant(y)
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"y must be [N] = [{images.shape[0]}] labels; got shape {labels.shape}")
+            raise ValueError(f"y must be [N] = [{images.shape[0]}] labels; "
+                             f"got shape {labels.shape}")
         labels = _one_pass(labels, key, shuffle=bool(shuffle), mode="none",
                            batch_size=int(batch_size))
         full, rest = (full, labels[0]), (rest, labels[1])

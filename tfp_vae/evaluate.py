@@ -43,6 +43,21 @@ class _Model(NamedTuple):
     encode_mean: Callable  # x [B, *data] -> E_q[z] [B, K]
 
 
+def is_conditional(model) -> bool:
+    """Whether `model` (a Keras VAE or a loaded SavedModel) takes (x, y) inputs."""
+    signatures = getattr(model, "signatures", None)
+    if signatures is None:
+        return hasattr(model, "num_classes")
+    return "y" in signatures["encode"].structured_input_signature[1]
+
+
+def _named(inputs) -> dict:
+    """A SavedModel signature's keyword inputs: x, or x and y for (x, y)."""
+    if isinstance(inputs, (tuple, list)):
+        return {"x": inputs[0], "y": tf.cast(inputs[1], tf.int32)}
+    return {"x": inputs}
+
+
 def _as_model(model, chunk_size: int) -> _Model:
     signatures = getattr(model, "signatures", None)
     if signatures is None:       # a Keras VAE
@@ -55,20 +70,22 @@ def _as_model(model, chunk_size: int) -> _Model:
         raise EvaluationError(f"the SavedModel has no {', '.join(missing)} signature; "
                               "re-export it with tfp_vae.export.export_saved_model")
     return _Model(
-        elbo=lambda x, s: tuple(signatures["elbo"](x=x, seed=s)[name]
+        elbo=lambda x, s: tuple(signatures["elbo"](**_named(x), seed=s)[name]
                                 for name in ("elbo", "reconstruction", "kl")),
         # The signature takes k as a tensor; a constant here lets XLA see its value.
-        iwae=lambda x, k, s: signatures["iwae"](x=x, k=tf.constant(k, tf.int32),
+        iwae=lambda x, k, s: signatures["iwae"](**_named(x), k=tf.constant(k, tf.int32),
                                                 seed=s)["log_likelihood"],
-        encode_mean=lambda x: signatures["encode"](x=x)["loc"])
+        encode_mean=lambda x: signatures["encode"](**_named(x))["loc"])
 
 
-def _batches(x: np.ndarray, batch_size: int, seed: int):
-    """(x[start:start + batch_size], seed (seed, 1000 + i)) for batch i."""
+def _batches(inputs, batch_size: int, seed: int):
+    """(inputs[start:start + batch_size], seed (seed, 1000 + i)) for batch i;
+    inputs: x `[N, ...]`, or a tuple of arrays such as (x, y), sliced alike."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    for i, start in enumerate(range(0, len(x), batch_size)):
-        yield (tf.constant(x[start:start + batch_size]),
+    n = len(tf.nest.flatten(inputs)[0])
+    for i, start in enumerate(range(0, n, batch_size)):
+        yield (tf.nest.map_structure(lambda a: tf.constant(a[start:start + batch_size]), inputs),
                tf.constant([seed, _SEED_OFFSET + i], tf.int32))
 
 
@@ -77,6 +94,8 @@ def elbo_terms(vae, x: np.ndarray, *, seed: int = 0, batch_size: int = 500,
     """Mean ELBO, reconstruction E_q[ln p(x|z)] and KL over x `[N, *data]`: nats per example.
 
     One z draw per example, analytic KL where it exists (the model's `elbo`).
+    For a conditional model x is the pair (images, labels), here and in every
+    function below that takes images.
     """
     model = _as_model(vae, chunk_size=1)
     fn = tf.function(model.elbo, jit_compile=jit)
@@ -147,22 +166,33 @@ def linear_probe(vae, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
 
 
 def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None,
-                   batch_size: int | None = None, seed: int | None = None) -> dict:
+                   batch_size: int | None = None, seed: int | None = None,
+                   y: np.ndarray | None = None) -> dict:
     """Test ELBO terms and the IWAE-k log-likelihood estimate, nats per example.
 
     x: raw images `[N, *data]` in [0, 1], binarised here as the run's
-    evaluation data are (one fixed draw); defaults from `config`
-    (eval_iwae_k, batch_size, seed, jit). Used for the run's metrics.json.
+    evaluation data are (one fixed draw); y: their labels `[N]`, which a
+    conditional model needs. Defaults from `config` (eval_iwae_k, batch_size,
+    seed, jit). Used for the run's metrics.json.
     """
     k = iwae_k or config.eval_iwae_k
     batch_size = batch_size or config.batch_size
     seed = config.seed if seed is None else seed
-    xb = train.binarized(config, x)
+    xb = _inputs(vae, train.binarized(config, x), y)
     out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=config.jit)
     out[f"iwae_{k}"], _ = iwae_log_likelihood(vae, xb, k, seed=seed, batch_size=batch_size,
                                               jit=config.jit)
     out["num_examples"] = int(len(x))
     return out
+
+
+def _inputs(model, x: np.ndarray, y: np.ndarray | None):
+    """What `model` takes for images x: x, or (x, y) for a conditional model."""
+    if not is_conditional(model):
+        return x
+    if y is None:
+        raise EvaluationError("a conditional model needs the images' labels; the data have none")
+    return x, y
 
 
 # -- from a run's workdir or a SavedModel --------------------------------------------
@@ -197,7 +227,9 @@ def restore_vae(workdir: str, config: Config | None = None):
     if config.model != "vae":
         raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates VAEs")
     shape = data.data_shape(config.dataset, data_dir=config.data_dir)
-    vae = factory.build_vae(config, shape)
+    classes = data.num_classes(config.dataset, data_dir=config.data_dir) if config.conditional \
+        else None
+    vae = factory.build_vae(config, shape, classes)
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)
@@ -218,7 +250,7 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     # tf.data's fixed binarisation draw also depends on the global seed, which
     # the run set to config.seed: set it alike to see the run's very images.
     keras.utils.set_random_seed(config.seed)
-    xb = train.binarized(config, x)
+    xb = _inputs(model, train.binarized(config, x), y)
     out = {"split": split, "num_examples": int(len(x)), "seed": seed, "batch_size": batch_size,
            "k": k, "jit": jit}
     out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
@@ -230,10 +262,11 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     if probe and y is not None:
         x_train, y_train = data.load_arrays(config.dataset, "train", data_dir=config.data_dir)
         if y_train is not None:
-            # The probe learns from the training split, the run's `limit` applied.
+            # The probe learns from the training split, the run's `limit` applied. For a
+            # conditional model it measures how much of the label z still carries.
             x_train, y_train = x_train[:config.limit], y_train[:config.limit]
             out["linear_probe_accuracy"] = linear_probe(
-                model, train.binarized(config, x_train), y_train, xb, y)
+                model, _inputs(model, train.binarized(config, x_train), y_train), y_train, xb, y)
     return out
 
 
@@ -291,5 +324,5 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
 
 
 __all__ = ["EvaluationError", "active_units", "default_output", "elbo_terms", "evaluate_model",
-           "evaluate_saved_model", "evaluate_workdir", "iwae_log_likelihood", "latent_means",
-           "linear_probe", "load_config", "probe_accuracy", "restore_vae"]
+           "evaluate_saved_model", "evaluate_workdir", "is_conditional", "iwae_log_likelihood",
+           "latent_means", "linear_probe", "load_config", "probe_accuracy", "restore_vae"]

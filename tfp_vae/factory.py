@@ -7,7 +7,7 @@ import numpy as np
 
 from tfp_vae import layers, priors
 from tfp_vae.config import Config, ConfigError
-from tfp_vae.models import VAE, Autoencoder
+from tfp_vae.models import VAE, Autoencoder, ConditionalVAE
 
 
 def decoder_scale(config: Config):
@@ -53,14 +53,26 @@ def build_prior(config: Config, data_shape):
     return None
 
 
-def build_vae(config: Config, data_shape) -> VAE:
-    """The VAE of `config` for data `[B, *data_shape]`, built (all variables exist)."""
-    vae = VAE(build_encoder(config, data_shape), build_decoder(config, data_shape),
-              prior=build_prior(config, data_shape),
-              num_samples=config.num_samples, analytic_kl=config.analytic_kl,
-              beta=0.0 if config.warmup_epochs else config.beta, free_bits=config.free_bits,
-              objective=config.objective, seed=config.seed, name="vae")
-    vae.build((None,) + tuple(data_shape))
+def build_vae(config: Config, data_shape, num_classes: int | None = None) -> VAE:
+    """The VAE of `config` for data `[B, *data_shape]`, built (all variables exist).
+
+    With `config.conditional`, a `ConditionalVAE` over `num_classes` labels
+    (`data.num_classes` of the data set); its inputs are pairs (x, y).
+    """
+    kwargs = dict(prior=build_prior(config, data_shape),
+                  num_samples=config.num_samples, analytic_kl=config.analytic_kl,
+                  beta=0.0 if config.warmup_epochs else config.beta, free_bits=config.free_bits,
+                  objective=config.objective, seed=config.seed, name="vae")
+    encoder, decoder = build_encoder(config, data_shape), build_decoder(config, data_shape)
+    if not config.conditional:
+        vae = VAE(encoder, decoder, **kwargs)
+        vae.build((None,) + tuple(data_shape))
+        return vae
+    if num_classes is None or int(num_classes) < 2:
+        raise ConfigError(f"conditional needs a data set with labels of 2 or more classes; "
+                          f"{config.dataset!r} has {num_classes or 'none'}")
+    vae = ConditionalVAE(encoder, decoder, num_classes=int(num_classes), **kwargs)
+    vae.build(((None,) + tuple(data_shape), (None,)))
     return vae
 
 
@@ -104,9 +116,9 @@ def build_autoencoder(config: Config, data_shape, tied: bool = False) -> Autoenc
     return ae
 
 
-def build_model(config: Config, data_shape) -> keras.Model:
+def build_model(config: Config, data_shape, num_classes: int | None = None) -> keras.Model:
     if config.model == "vae":
-        return build_vae(config, data_shape)
+        return build_vae(config, data_shape, num_classes)
     if config.model == "ae":
         return build_autoencoder(config, data_shape)
     raise NotImplementedError(f"model={config.model!r} is not built by this version")

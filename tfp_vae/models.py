@@ -572,9 +572,10 @@ class ConditionalVAE(VAE):
         return data[0], data[1]
 
     def sample(self, n, seed=None, label=0) -> tfd.Distribution:
-        """p(x|z, y=label) for n prior draws z: batch `[n]`."""
+        """p(x|z, y=label) for n prior draws z: batch `[n]`; `label` is one
+        class for all, or `[n]` classes, one per draw."""
         z = self.prior_distribution().sample(n, seed=tfp.random.sanitize_seed(seed))
-        return self.decode(z, tf.fill([n], tf.cast(label, tf.int32)))
+        return self.decode(z, tf.broadcast_to(tf.cast(label, tf.int32), [n]))
 
     def call(self, inputs):
         """The reconstruction `[B, *data]` at the posterior mean, for inputs (x, y)."""

@@ -96,11 +96,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
 
 
-def train_dataset(config: Config, x, epoch: int) -> tf.data.Dataset:
-    """Epoch `epoch`'s training batches `[B, *data]`: order and binarisation draws
-    are a fixed function of (seed, epoch), so a resumed run rebuilds them exactly.
-    The epoch is computed up front (`data.epoch_dataset`): cheap to build anew."""
-    return data.epoch_dataset(x, config.batch_size, binarize=config.binarize, shuffle=True,
+def train_dataset(config: Config, x, epoch: int, y=None) -> tf.data.Dataset:
+    """Epoch `epoch`'s training batches `[B, *data]` (pairs with labels y): order
+    and binarisation draws are a fixed function of (seed, epoch), so a resumed
+    run rebuilds them exactly. The epoch is computed up front
+    (`data.epoch_dataset`): cheap to build anew."""
+    return data.epoch_dataset(x, config.batch_size, y=y, binarize=config.binarize, shuffle=True,
                               seed=epoch_seed(config.seed, epoch))
 
 
@@ -154,10 +155,27 @@ def _replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
             and all(":CPU:" in d.upper() for d in devices))
 
 
-def eval_dataset(config: Config, x: np.ndarray, batch_size: int | None = None):
-    """Evaluation data: in order, binarised with one fixed draw when dynamic."""
-    return data.make_dataset(x, None, batch_size or config.batch_size, binarize=config.binarize,
+def eval_dataset(config: Config, x: np.ndarray, batch_size: int | None = None, y=None):
+    """Evaluation data: in order, binarised with one fixed draw when dynamic
+    (pairs with labels y)."""
+    return data.make_dataset(x, y, batch_size or config.batch_size, binarize=config.binarize,
                              shuffle=False, seed=epoch_seed(config.seed, -1))
+
+
+def check_labels(config: Config, labels: dict[str, np.ndarray | None]) -> int | None:
+    """The number of classes a conditional run's model takes (None unless
+    `config.conditional`); raises data.DataError if a split has no labels."""
+    if not config.conditional:
+        return None
+    for split, y in labels.items():
+        if y is None:
+            raise data.DataError(f"{config.dataset} ({split}) has no labels; conditional needs "
+                                 "them (an .npz with y, or a labelled data set)")
+    classes = data.num_classes(config.dataset, data_dir=config.data_dir)
+    if classes is None or classes < 2:
+        raise data.DataError(f"{config.dataset} has {classes or 'no'} label classes; "
+                             "conditional needs 2 or more")
+    return classes
 
 
 def binarized(config: Config, x: np.ndarray) -> np.ndarray:
@@ -339,14 +357,16 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     if config.model != "vae":
         raise ConfigError(f"train_and_evaluate trains model=vae; got {config.model!r}")
     # Load and check the data before writing anything into workdir.
-    x_train, _ = data.load_arrays(config.dataset, "train", data_dir=config.data_dir)
-    x_val, _ = data.load_arrays(config.dataset, "validation", data_dir=config.data_dir)
+    x_train, y_train = data.load_arrays(config.dataset, "train", data_dir=config.data_dir)
+    x_val, y_val = data.load_arrays(config.dataset, "validation", data_dir=config.data_dir)
     x_test, y_test = data.load_arrays(config.dataset, "test", data_dir=config.data_dir)
     if config.limit is not None:
-        x_train = x_train[:config.limit]
-        x_val, x_test = x_val[:config.limit], x_test[:config.limit]
-        y_test = None if y_test is None else y_test[:config.limit]
+        cut = lambda a: None if a is None else a[:config.limit]       # noqa: E731
+        x_train, y_train, x_val, y_val, x_test, y_test = map(
+            cut, (x_train, y_train, x_val, y_val, x_test, y_test))
     check_data(config, {"train": x_train, "validation": x_val, "test": x_test})
+    # A conditional model takes (x, y) wherever another takes x.
+    num_classes = check_labels(config, {"train": y_train, "validation": y_val, "test": y_test})
     if config.decoder == "bernoulli" and config.binarize == "none":
         # Bernoulli log-likelihoods of grey levels are cross-entropies, fine
         # for training but not likelihoods of the data; say so once.
@@ -357,7 +377,7 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     strategy = make_strategy(config)
     data_shape = x_train.shape[1:]
     with strategy.scope(), precision_policy(config.precision):
-        model = factory.build_model(config, data_shape)
+        model = factory.build_model(config, data_shape, num_classes)
         optimizer = compile_model(model, config)
     is_chief = _is_chief(strategy)
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -370,6 +390,7 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     # One copy of the training set for every epoch's dataset (a new constant
     # per epoch would grow memory by the data set's size each epoch).
     x_train_tensor = tf.constant(x_train)
+    y_train_tensor = tf.constant(y_train) if config.conditional else None
     step = int(optimizer.iterations.numpy())
     start_epoch, offset = divmod(step, steps_per_epoch)
     history_path = os.path.join(workdir, "history.json")
@@ -383,14 +404,18 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     guard = _Guard()
-    val_ds = eval_dataset(config, x_val)
+    val_ds = eval_dataset(config, x_val, y=y_val if config.conditional else None)
     tb_x = binarized(config, x_val[:_TB_IMAGES])
+    tb_inputs, tb_labels = tb_x, {}
+    if config.conditional:   # its samples cycle through the classes
+        tb_inputs = (tb_x, y_val[:_TB_IMAGES])
+        tb_labels = {"label": np.arange(_TB_IMAGES) % num_classes}
     started = time.time()
     with _catch_signals(guard):
         for epoch in range(start_epoch, config.epochs):
             if config.warmup_epochs:
                 model.beta.assign(config.beta * min(1.0, epoch / config.warmup_epochs))
-            ds = train_dataset(config, x_train_tensor, epoch)
+            ds = train_dataset(config, x_train_tensor, epoch, y=y_train_tensor)
             if offset:
                 ds = ds.skip(offset)
             progress = _Progress(epoch, config.epochs, steps_per_epoch - offset, verbose)
@@ -422,9 +447,9 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
                                       if not k.startswith("val_")},
                                    **{f"validation/{k[4:]}": v for k, v in logs.items()
                                       if k.startswith("val_")}}, epoch + 1,
-                          images={"reconstructions": tf.concat([tb_x, model(tb_x)], 0),
-                                  "samples": model.sample(_TB_IMAGES, seed=(config.seed, 7))
-                                  .mean()})
+                          images={"reconstructions": tf.concat([tb_x, model(tb_inputs)], 0),
+                                  "samples": model.sample(_TB_IMAGES, seed=(config.seed, 7),
+                                                          **tb_labels).mean()})
             if verbose:
                 print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {logs['elbo']:.2f}, "
                       f"validation ELBO {logs['val_elbo']:.2f} nats, KL {logs['val_kl']:.2f}",
@@ -434,7 +459,7 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     train_seconds = time.time() - started
 
     from tfp_vae import evaluate   # it imports this module: a cycle at import time
-    metrics = evaluate.evaluate_model(model, config, x_test)
+    metrics = evaluate.evaluate_model(model, config, x_test, y=y_test)
     metrics.update(epochs=config.epochs, steps=int(optimizer.iterations.numpy()),
                    train_seconds_this_run=round(train_seconds, 2))
     if is_chief:
@@ -442,8 +467,9 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
         x_fig = binarized(config, x_test)
         if config.figures:
             from tfp_vae import figures
-            figures.write_all(model, x_fig, y_test, history, os.path.join(workdir, "figures"),
-                              seed=config.seed)
+            write = figures.write_conditional if config.conditional else figures.write_all
+            write(model, x_fig, y_test, history, os.path.join(workdir, "figures"),
+                  seed=config.seed)
         if config.export:
             from tfp_vae import export
             export.export_saved_model(model, os.path.join(workdir, "saved_model"))
