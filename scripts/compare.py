@@ -9,7 +9,6 @@ metrics.json, figures/*.png and models/*.keras into --workdir. Re-running with
 the same workdir loads the trained models instead of training them again.
 """
 
-import importlib.util
 import os
 import shlex
 import sys
@@ -20,13 +19,8 @@ from absl import flags  # noqa: E402
 
 from tfp_vae import cli  # noqa: E402
 
-# scripts/train.py defines the shared flags and turns them into a Config: one place.
-_spec = importlib.util.spec_from_file_location(
-    "_train_flags", os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"))
-_train_flags = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train_flags)
-
-flags.FLAGS.set_default("workdir", "runs/compare")
+# The run's flags, as scripts/train.py has them (one definition: tfp_vae.config).
+_CONFIG_FLAGS = cli.define_config_flags(workdir="runs/compare")
 flags.FLAGS.set_default("binarize", "none")
 _KS = flags.DEFINE_list("ks", ["2", "8", "32"], "Latent sizes to compare.")
 _MODELS = flags.DEFINE_list("models", ["pca", "ae", "ae_tied", "vae"],
@@ -50,25 +44,21 @@ for _flag in (_TRANSFER_SEEDS, _TRANSFER_STEPS, _JUDGE_STEPS):
 def main(argv):
     del argv   # cli.run has refused positional arguments
     from absl import logging
-    from tfp_vae import compare, data
-    from tfp_vae.config import ConfigError
+    # TensorFlow loads here, once the flags have been checked: a bad flag fails at once.
+    from tfp_vae.experiments import compare
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    workdir = flags.FLAGS.workdir
-    try:
-        config = _train_flags.config_from_flags()
-        metrics = compare.run(
-            config, workdir, [int(k) for k in _KS.value], models=_MODELS.value,
-            transfer_k=_TRANSFER_K.value or None,
-            n_per_class=[int(n) for n in _TRANSFER_LABELS.value],
-            transfer_seeds=list(range(_TRANSFER_SEEDS.value)),
-            transfer_steps=_TRANSFER_STEPS.value, judge_steps=_JUDGE_STEPS.value,
-            command="python scripts/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            verbose=1)
-    except (ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    workdir = _CONFIG_FLAGS.workdir
+    config = _CONFIG_FLAGS.config()
+    metrics = compare.run(
+        config, workdir, [int(k) for k in _KS.value], models=_MODELS.value,
+        transfer_k=_TRANSFER_K.value or None,
+        n_per_class=[int(n) for n in _TRANSFER_LABELS.value],
+        transfer_seeds=list(range(_TRANSFER_SEEDS.value)),
+        transfer_steps=_TRANSFER_STEPS.value, judge_steps=_JUDGE_STEPS.value,
+        command="python scripts/compare.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        verbose=1)
     print(f"report in {os.path.join(workdir, 'report.md')} "
           f"({len(metrics['figures'])} figures, metrics.json)")
     return 0

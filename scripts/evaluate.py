@@ -9,13 +9,12 @@ example except the counts and the probe's accuracy.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from tfp_vae import cli  # noqa: E402
+from tfp_vae import cli, workdir as workdir_lib  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory: evaluates its "
                                "latest checkpoint.")
@@ -64,26 +63,22 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv   # cli.run has refused positional arguments
     if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
-        print("error: pass exactly one of --workdir and --saved_model", file=sys.stderr)
-        return 2
+        raise app.UsageError("pass exactly one of --workdir and --saved_model")
+    if _WORKDIR.value is not None:
+        workdir_lib.run_config(_WORKDIR.value)      # no run there: said before TF loads
     from absl import logging
-
-    from tfp_vae import config as config_lib
-    from tfp_vae import data, evaluate
+    # TensorFlow loads here, once the flags have been checked: a bad flag fails at once.
+    from tfp_vae import evaluate
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     options = dict(k=_K.value, split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
                    seed=_SEED.value, limit=_LIMIT.value, data_dir=_DATA_DIR.value,
                    output=_OUTPUT.value, probe=_PROBE.value, jit=_JIT.value)
-    try:
-        if _WORKDIR.value is not None:
-            result = evaluate.evaluate_workdir(_WORKDIR.value, **options)
-        else:
-            result = evaluate.evaluate_saved_model(_SAVED_MODEL.value, **options)
-    except (evaluate.EvaluationError, config_lib.ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if _WORKDIR.value is not None:
+        result = evaluate.evaluate_workdir(_WORKDIR.value, **options)
+    else:
+        result = evaluate.evaluate_saved_model(_SAVED_MODEL.value, **options)
     output = _OUTPUT.value or evaluate.default_output(_WORKDIR.value, _SAVED_MODEL.value)
     print(format_table(result))
     print(f"written to {output}")

@@ -3,9 +3,9 @@
     python scripts/flags_table.py                      # scripts/train.py
     python scripts/flags_table.py scripts/evaluate.py
 
-A flag of scripts/train.py whose default is None takes its value from the
-run's Config (the `default` preset), so the table shows Config's value:
-nothing is typed twice.
+scripts/train.py's flags are made from tfp_vae.config.Config (tfp_vae.cli):
+their help is the field's, and a flag whose default is None takes the
+preset's value, so the table shows Config's default. Nothing is typed twice.
 Imports no TensorFlow.
 """
 
@@ -15,8 +15,11 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging  # noqa: F401  (their flags are not the script's)
+# absl's own flags (app's, logging's) are defined before the script's, so
+# load_script does not count them as the script's.
+from absl import app, flags, logging  # noqa: F401
 
+from tfp_vae import cli
 from tfp_vae.config import Config
 
 
@@ -43,10 +46,10 @@ def _default(flag, config_fields) -> str:
 
 def table(module, defined) -> str:
     """The Markdown table of a script's flags (from `load_script`): flag, default, meaning."""
-    # A script that turns its flags into a Config (train.py) leaves a flag None
-    # to mean "Config's value"; show that value.
-    config_fields = ({f.name for f in dataclasses.fields(Config)}
-                     if hasattr(module, "config_from_flags") else set())
+    # Flags made from Config (cli.define_config_flags) are None for "the
+    # preset's value"; show Config's. A script's own flags keep theirs.
+    made_from_config = any(isinstance(v, cli.ConfigFlags) for v in vars(module).values())
+    config_fields = {f.name for f in dataclasses.fields(Config)} if made_from_config else set()
     rows = ["| flag | default | meaning |", "|---|---|---|"]
     for flag in defined:
         # The help's trailing "[default]" is what the table's column says.
@@ -57,5 +60,4 @@ def table(module, defined) -> str:
 
 if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
-    print(table(*load_script(sys.argv[1] if len(sys.argv) > 1
-                             else os.path.join(here, "train.py"))))
+    print(table(*load_script(sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "train.py"))))

@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from tfp_vae import baselines, files
+from tfp_vae import files
+from tfp_vae.experiments import baselines
 from tfp_vae.config import ConfigError, preset
 from tfp_vae.pca import PCA
 
@@ -33,6 +34,7 @@ def test_pca_baseline_writes_metrics_equal_to_pca_and_its_figures(tmp_path):
         assert os.path.getsize(tmp_path / "figures" / f"{name}.png") > 0
 
 
+@pytest.mark.slow
 def test_ae_baseline_through_the_script_then_resumes_from_the_saved_model(tmp_path):
     workdir = tmp_path / "ae"
     command = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--preset=tiny",

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import baselines, compare, files
+from tfp_vae import files
+from tfp_vae.experiments import baselines, compare
 from tfp_vae.config import Config, ConfigError
 from tfp_vae.pca import PCA
 
@@ -62,6 +63,7 @@ def test_bad_settings_raise_before_any_training(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_compare_script_end_to_end_then_loads_its_models(tmp_path):
     workdir = str(tmp_path / "compare")
     command = [sys.executable, os.path.join(ROOT, "scripts", "compare.py"), "--preset=tiny",

@@ -1,4 +1,4 @@
-"""A conditional VAE through the run's whole path: train, resume, evaluate, export.
+"""A conditional VAE through the run's whole path: train, evaluate, export.
 
 `Config(conditional=True)` (scripts/train.py --conditional) trains a
 ConditionalVAE on the data set's labels; wherever an unconditional run takes
@@ -16,6 +16,9 @@ from tfp_vae import data, evaluate, figures, files, train
 from tfp_vae.config import ConfigError
 
 
+# In-process runs of the whole path: end to end, so slow.
+pytestmark = pytest.mark.slow
+
 def _config(**changes):
     return config_lib.preset("tiny").replace(conditional=True, **changes)
 
@@ -23,8 +26,8 @@ def _config(**changes):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("conditional")
-    a, b = str(root / "a"), str(root / "b")
-    out = {"a": a, "b": b, "config": _config()}
+    a = str(root / "a")
+    out = {"a": a, "config": _config()}
     out["first"] = train.train_and_evaluate(out["config"], a, verbose=0)
     out["evaluation"] = evaluate.evaluate_workdir(
         a, k=out["config"].eval_iwae_k, batch_size=out["config"].batch_size, probe=True,
@@ -32,10 +35,6 @@ def runs(tmp_path_factory):
     out["saved"] = evaluate.evaluate_saved_model(
         os.path.join(a, "saved_model"), k=out["config"].eval_iwae_k,
         batch_size=out["config"].batch_size, probe=False, output=str(root / "s.json"))
-    out["resumed"] = train.train_and_evaluate(
-        _config(epochs=2, figures=False, export=False), a, verbose=0)
-    out["fresh"] = train.train_and_evaluate(
-        _config(epochs=2, figures=False, export=False), b, verbose=0)
     return out
 
 
@@ -45,7 +44,6 @@ def test_a_conditional_run_writes_the_conditional_figures_and_metrics(runs):
     assert files.read_json(os.path.join(runs["a"], "config.json"))["conditional"] is True
     metrics = runs["first"]
     assert all(np.isfinite(metrics[k]) for k in ("elbo", "reconstruction", "kl", "iwae_8"))
-    assert metrics["elbo"] == pytest.approx(metrics["reconstruction"] - metrics["kl"], abs=1e-3)
 
 
 def test_evaluating_the_workdir_repeats_the_runs_metrics(runs):
@@ -69,18 +67,6 @@ def test_the_saved_model_takes_labels_and_gives_the_same_elbo(runs):
     a, b = draw(0), draw(1)
     np.testing.assert_array_equal(a["z"].numpy(), b["z"].numpy())
     assert not np.allclose(a["mean"].numpy(), b["mean"].numpy())
-
-
-def test_a_resumed_conditional_run_ends_with_the_weights_of_an_uninterrupted_one(runs):
-    for key in ("elbo", "kl", "iwae_8"):
-        assert runs["resumed"][key] == runs["fresh"][key], key
-    weights = []
-    for workdir in (runs["a"], runs["b"]):
-        vae, _, step = evaluate.restore_vae(workdir)
-        weights.append([w.numpy() for w in vae.weights])
-        assert step == 2 * 4
-    for wa, wb in zip(*weights):
-        np.testing.assert_array_equal(wa, wb)
 
 
 @pytest.mark.parametrize("changes, says", [

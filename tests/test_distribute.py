@@ -16,6 +16,9 @@ import textwrap
 import numpy as np
 import pytest
 
+# Every test here starts TensorFlow in subprocesses of its own.
+pytestmark = pytest.mark.slow
+
 # Shared by every subprocess: the repository on the path, TF quiet.
 _PRELUDE = """
 import json, os, sys
@@ -28,7 +31,7 @@ _MIRRORED = _PRELUDE + """
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tfp_vae import data, factory, train
+from tfp_vae import data, execution, factory, input_pipeline
 from tfp_vae.config import Config
 
 workdir = sys.argv[1]
@@ -41,13 +44,13 @@ def run(strategy):
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
         model = factory.build_vae(config, x.shape[1:])
-        optimizer = train.compile_model(model, config)
-    losses = [model.fit(train.train_dataset(config, x, e), initial_epoch=e, epochs=e + 1,
+        optimizer = execution.compile_model(model, config)
+    losses = [model.fit(input_pipeline.train_dataset(config, x, e), initial_epoch=e, epochs=e + 1,
                         verbose=0).history["loss"][0] for e in range(config.epochs)]
     return model, optimizer, losses
 
 one, one_opt, out["one_device_losses"] = run(tf.distribute.get_strategy())
-mirrored = train.make_strategy(config.replace(strategy="mirrored"))
+mirrored = execution.make_strategy(config.replace(strategy="mirrored"))
 out["replicas"] = mirrored.num_replicas_in_sync
 two, two_opt, out["mirrored_losses"] = run(mirrored)
 
@@ -63,7 +66,7 @@ out["replica_noise"] = [v.numpy().tolist() for v in mirrored.experimental_local_
 path = tf.train.Checkpoint(model=two, optimizer=two_opt).write(os.path.join(workdir, "m", "ckpt"))
 keras.utils.set_random_seed(99)
 fresh = factory.build_vae(config, x.shape[1:])
-fresh_opt = train.compile_model(fresh, config)
+fresh_opt = execution.compile_model(fresh, config)
 tf.train.Checkpoint(model=fresh, optimizer=fresh_opt).read(path).assert_existing_objects_matched()
 out["mirrored_to_default_weights_equal"] = all(
     np.array_equal(a, b) for a, b in zip(two.get_weights(), fresh.get_weights()))
@@ -77,7 +80,7 @@ with mirrored.scope():
     probe = factory.build_vae(config, x.shape[1:])
     probe.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
 try:
-    probe.fit(train.train_dataset(config, x, 0), verbose=0)
+    probe.fit(input_pipeline.train_dataset(config, x, 0), verbose=0)
     out["xla_error"] = None
 except Exception as e:
     lines = [l for l in str(e).splitlines() if "Trying to access" in l] or str(e).splitlines()

@@ -56,6 +56,7 @@ def trained():
     return vae, (x[:6] > 0.5).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_every_signature_round_trips_into_a_tensorflow_only_process(trained, tmp_path):
     vae, x = trained
     path = export.export_saved_model(vae, str(tmp_path / "saved_model"))

@@ -32,8 +32,6 @@ def test_elbo_equals_log_px_at_the_exact_posterior(model, x):
     # Monte-Carlo-KL ELBO has no noise at all, even from 4 draws.
     terms = vae.elbo(x, num_samples=4, analytic_kl=False, seed=(1, 2))
     np.testing.assert_allclose(terms.elbo.numpy(), log_px, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose((terms.reconstruction - terms.kl).numpy(), terms.elbo.numpy(),
-                               rtol=1e-6)
     # With the analytic KL only the reconstruction term is sampled: it agrees
     # to Monte-Carlo noise.
     terms = vae.elbo(x, num_samples=20000, analytic_kl=True, seed=(1, 3))

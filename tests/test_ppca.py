@@ -56,6 +56,7 @@ def linear_vae(digits):
     return vae
 
 
+@pytest.mark.slow
 def test_linear_vae_elbo_reaches_the_ppca_maximum_likelihood(digits, linear_vae):
     target, sigma2 = ppca_max_log_likelihood(digits, K)
     elbo = linear_vae.elbo(digits, num_samples=2000, seed=(1, 2)).elbo.numpy().mean()
@@ -72,6 +73,7 @@ def test_linear_vae_elbo_reaches_the_ppca_maximum_likelihood(digits, linear_vae)
     assert abs(s2 - sigma2) < 0.01 * sigma2      # σ² = mean discarded eigenvalue
 
 
+@pytest.mark.slow
 def test_linear_vae_decoder_spans_the_top_principal_subspace(digits, linear_vae):
     W = linear_vae.decoder.head.kernel.numpy().T                         # [D, K]
     components = PCA(K).fit(digits).components_.T                        # [D, K]

@@ -28,7 +28,7 @@ def test_vampprior_is_the_encoder_mixture_at_the_pseudo_inputs():
     assert u.shape == (5, 4) and np.all((u > 0) & (u < 1))
 
 
-def test_mixture_prior_density_and_no_closed_form_kl():
+def test_mixture_prior_density():
     prior = priors.MixturePrior(2, num_components=3)
     p = prior.distribution()
     z = tf.random.stateless_normal([6, 2], seed=(3, 4))
@@ -37,9 +37,6 @@ def test_mixture_prior_density_and_no_closed_form_kl():
     zz = z.numpy()[:, None, :].astype(np.float64)
     comp = (-0.5 * ((zz - locs) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)).sum(-1)
     np.testing.assert_allclose(p.log_prob(z).numpy(), logsumexp(comp, 1) - np.log(3), rtol=1e-5)
-    q = tfd.MultivariateNormalDiag(tf.zeros([4, 2]), tf.ones([4, 2]))
-    with pytest.raises(NotImplementedError):
-        tfd.kl_divergence(q, p)
 
 
 def digits(limit=256):
@@ -59,13 +56,15 @@ def test_learned_prior_trains_and_its_parameters_move(prior):
     assert np.all(np.isfinite(history["loss"]))
     assert history["loss"][-1] < history["loss"][0]
     assert any(not np.allclose(a, b) for a, b in zip(before, p.get_weights()))
-    # The KL is the Monte-Carlo estimate: E_q[ln q − ln p] over the same draws.
+    # A mixture has no closed-form KL, so even with analytic_kl the ELBO takes
+    # the Monte-Carlo mean of ln q − ln p at its own draws z ~ q (the same
+    # sampler and seed draw them again here).
     x = next(iter(digits(64)))
-    terms = vae.elbo(x, num_samples=2000, seed=(5, 6))
+    terms = vae.elbo(x, num_samples=50, analytic_kl=True, seed=(5, 6))
     q = vae.encode(x)
-    z = q.sample(2000, seed=(7, 8))
+    z = q.sample(50, seed=(5, 6))
     mc = tf.reduce_mean(q.log_prob(z) - p.distribution(encoder).log_prob(z), 0).numpy()
-    np.testing.assert_allclose(terms.kl.numpy(), mc, rtol=0.05, atol=0.2)
+    np.testing.assert_allclose(terms.kl.numpy(), mc, rtol=1e-5, atol=1e-4)
 
 
 def test_vae_with_learned_prior_round_trips_through_dot_keras(tmp_path):

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import signal
+import threading
 import zipfile
 
 import keras
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import data, export, factory, files, train
-from tfp_vae.config import ConfigError, preset
-from tfp_vae.data import DataError
+from tfp_vae import (callbacks, data, errors, export, factory, files, input_pipeline, train,
+                     workdir as workdir_lib)
+from tfp_vae.checkpoints import Checkpoints
+from tfp_vae.config import preset
+from tfp_vae.errors import ConfigError, DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = preset("tiny").replace(jit=False, figures=False, export=False, eval_iwae_k=2)
@@ -74,15 +77,17 @@ def test_check_images_names_the_problem():
         assert expected in one_line(error) and "where" in str(error.value)
 
 
-def test_check_data_asks_for_unit_interval_only_where_the_model_needs_it():
-    bright = {"train": np.full((3, *SHAPE), 1.5, np.float32)}
+def test_the_run_asks_for_unit_interval_pixels_only_where_the_model_needs_them():
+    bright = np.full((3, *SHAPE), 1.5, np.float32)
     for decoder, binarize, says in (("bernoulli", "none", "--decoder=normal"),
                                     ("normal", "dynamic", "--binarize=static")):
         with pytest.raises(DataError) as error:
-            train.check_data(TINY.replace(decoder=decoder, binarize=binarize), bright)
+            input_pipeline.check_split(TINY.replace(decoder=decoder, binarize=binarize),
+                                       "train", bright)
         assert says in one_line(error) and "(train)" in str(error.value)
     for decoder, binarize in (("normal", "none"), ("bernoulli", "static")):
-        train.check_data(TINY.replace(decoder=decoder, binarize=binarize), bright)
+        input_pipeline.check_split(TINY.replace(decoder=decoder, binarize=binarize), "train",
+                                   bright)
 
 
 def _bad_npz(tmp_path):
@@ -117,7 +122,7 @@ def test_train_and_evaluate_refuses_bad_data_before_writing_anything(tmp_path):
 
 def test_a_workdir_holding_another_run_is_refused_and_left_untouched(tmp_path):
     workdir = str(tmp_path / "run")
-    train.check_workdir(TINY, workdir)
+    workdir_lib.prepare(TINY, workdir)
     os.makedirs(os.path.join(workdir, "checkpoints"))
     with open(os.path.join(workdir, "checkpoints", "ckpt-4.index"), "wb") as f:
         f.write(b"another run's checkpoint")
@@ -130,7 +135,7 @@ def test_a_workdir_holding_another_run_is_refused_and_left_untouched(tmp_path):
     in_the_way = tmp_path / "a_file"
     in_the_way.write_text("not a directory")
     with pytest.raises(ConfigError) as error:
-        train.check_workdir(TINY, str(in_the_way))
+        workdir_lib.prepare(TINY, str(in_the_way))
     assert "cannot use workdir" in one_line(error)
     assert in_the_way.read_text() == "not a directory"
 
@@ -162,7 +167,7 @@ def _model_and_optimizer():
 def _save_numbered(directory, steps):
     """Checkpoints at `steps`; in each, every weight of the encoder's head equals its step."""
     vae, optimizer = _model_and_optimizer()
-    checkpoints = train._Checkpoints(vae, optimizer, directory)
+    checkpoints = Checkpoints(vae, optimizer, directory)
     for step in steps:
         vae.encoder.head.kernel.assign(tf.fill(vae.encoder.head.kernel.shape, float(step)))
         checkpoints.save(step)
@@ -180,7 +185,7 @@ def test_corrupt_checkpoints_fall_back_and_the_restored_one_survives_later_saves
     _corrupt(directory, 30)
 
     vae, optimizer = _model_and_optimizer()
-    checkpoints = train._Checkpoints(vae, optimizer, directory)
+    checkpoints = Checkpoints(vae, optimizer, directory)
     assert checkpoints.restore().endswith("ckpt-10")
     np.testing.assert_array_equal(vae.encoder.head.kernel.numpy(), 10.0)
     # Resumed at a mid-epoch step, the new saves do not reuse the corrupt
@@ -203,7 +208,7 @@ def test_a_checkpoint_state_without_timestamps_is_still_resumed(tmp_path):
     with open(os.path.join(directory, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "ckpt-7"\nall_model_checkpoint_paths: "ckpt-7"\n')
     vae, optimizer = _model_and_optimizer()
-    checkpoints = train._Checkpoints(vae, optimizer, directory)
+    checkpoints = Checkpoints(vae, optimizer, directory)
     assert checkpoints.manager.checkpoints == []          # what TensorFlow sees
     assert checkpoints.restore().endswith("ckpt-7")
     np.testing.assert_array_equal(vae.encoder.head.kernel.numpy(), 7.0)
@@ -217,7 +222,7 @@ def test_no_readable_checkpoint_is_an_error_that_deletes_nothing(tmp_path):
     before = snapshot(directory)
     vae, optimizer = _model_and_optimizer()
     with pytest.raises(ConfigError) as error:
-        train._Checkpoints(vae, optimizer, directory).restore()
+        Checkpoints(vae, optimizer, directory).restore()
     assert "none of the 2 checkpoints" in one_line(error)
     assert snapshot(directory) == before
 
@@ -225,22 +230,22 @@ def test_no_readable_checkpoint_is_an_error_that_deletes_nothing(tmp_path):
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     directory = str(tmp_path / "checkpoints")
     vae, optimizer = _model_and_optimizer()
-    checkpoints = train._Checkpoints(vae, optimizer, directory)
+    checkpoints = Checkpoints(vae, optimizer, directory)
     checkpoints.save(1)
     vae.decoder.head.bias.assign(tf.fill(vae.decoder.head.bias.shape, np.nan))
-    with pytest.raises(train.TrainingDiverged) as error:
+    with pytest.raises(errors.TrainingDiverged) as error:
         checkpoints.save(2)
     assert "step 2" in one_line(error)
     assert [os.path.basename(p) for p in checkpoints.manager.checkpoints] == ["ckpt-1"]
 
 
 def test_signals_ask_the_guard_to_stop_and_a_second_ctrl_c_stops_at_once():
-    if not train._in_main_thread():
+    if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers can only be set from the main thread")
     before = signal.getsignal(signal.SIGTERM)
-    guard = train._Guard()
+    guard = callbacks.StopOnSignal()
     with pytest.raises(KeyboardInterrupt):
-        with train._catch_signals(guard):
+        with callbacks.catch_signals(guard):
             os.kill(os.getpid(), signal.SIGTERM)
             assert guard.signal == signal.SIGTERM
             os.kill(os.getpid(), signal.SIGINT)
@@ -357,8 +362,8 @@ def test_the_unsafe_call_scanner_catches_what_it_looks_for():
 
 
 def test_no_source_file_reads_pickles_or_stores_code():
-    sources = sorted(glob.glob(os.path.join(REPO, "tfp_vae", "*.py"))
-                     + glob.glob(os.path.join(REPO, "scripts", "*.py")))
+    sources = sorted(glob.glob(os.path.join(REPO, "tfp_vae", "**", "*.py"), recursive=True)
+                     + glob.glob(os.path.join(REPO, "scripts", "**", "*.py"), recursive=True))
     assert any(p.endswith(os.path.join("tfp_vae", "data.py")) for p in sources)
     loads = 0
     for path in sources:

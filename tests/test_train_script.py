@@ -1,11 +1,11 @@
 """scripts/train.py and scripts/evaluate.py end to end, as a user runs them.
 
-One tiny run (one real epoch on 256 digits) is trained, evaluated, resumed to
-two epochs, compared with an uninterrupted two-epoch run from
-configs/tiny.flags, and refused when asked for another model. Each process
-costs seconds of TensorFlow start-up, so the runs happen once, in order, and
-the tests read what they left; under pytest-xdist the workers share them
-through a lock, so they still happen once.
+One tiny run (one real epoch on 256 digits) is trained, evaluated, and
+refused when asked for another model. Each process costs seconds of
+TensorFlow start-up, so the runs happen once, in order, and the tests read
+what they left; under pytest-xdist the workers share them through a lock, so
+they still happen once. (Resuming is tested in-process, test_train.py, and
+through the script under faults, test_faults.py.)
 """
 
 import dataclasses
@@ -44,8 +44,8 @@ def _read(path):
 
 def _all_runs(root: Path) -> dict:
     """Every subprocess of this file that needs a run, in order; what each left."""
-    a, b = root / "a", root / "b"
-    out = {"a": str(a), "b": str(b)}
+    a = root / "a"
+    out = {"a": str(a)}
     out["first"] = run(TRAIN, "--preset=tiny", f"--workdir={a}")
     out["first_metrics"] = json.loads(_read(a / "metrics.json") or "null")
     out["first_history"] = json.loads(_read(a / "history.json") or "null")
@@ -53,11 +53,6 @@ def _all_runs(root: Path) -> dict:
     out["evaluate"] = run(EVALUATE, f"--workdir={a}", "--k=8", "--batch_size=64",
                           f"--output={root / 'evaluation.json'}")
     out["evaluation"] = json.loads(_read(root / "evaluation.json") or "null")
-    out["resumed"] = run(TRAIN, "--preset=tiny", f"--workdir={a}", "--epochs=2",
-                         "--nofigures", "--noexport")
-    out["resumed_metrics"] = json.loads(_read(a / "metrics.json") or "null")
-    out["fresh"] = run(TRAIN, f"--flagfile={CONFIGS / 'tiny.flags'}", f"--workdir={b}",
-                       "--epochs=2", "--nofigures", "--noexport")
     out["config_before"] = _read(a / "config.json")
     out["mismatch"] = run(TRAIN, "--preset=tiny", f"--workdir={a}", "--latent_dim=3")
     out["config_after"] = _read(a / "config.json")
@@ -83,6 +78,7 @@ def _ok(result):
     assert result["returncode"] == 0, result["stderr"][-3000:]
 
 
+@pytest.mark.slow
 def test_one_epoch_leaves_every_artifact(runs):
     _ok(runs["first"])
     a = runs["a"]
@@ -97,12 +93,11 @@ def test_one_epoch_leaves_every_artifact(runs):
     for key in ("elbo", "reconstruction", "kl", "iwae_8"):
         assert math.isfinite(metrics[key]), key
     assert metrics["steps"] == 4 and metrics["epochs"] == 1        # 256 images / 64
-    np.testing.assert_allclose(metrics["elbo"], metrics["reconstruction"] - metrics["kl"],
-                               rtol=1e-6)
     assert len(runs["first_history"]["elbo"]) == 1
     assert not glob.glob(os.path.join(a, ".*.tmp"))                # atomic writes, no leftovers
 
 
+@pytest.mark.slow
 def test_evaluate_script_repeats_the_runs_metrics(runs):
     _ok(runs["evaluate"])
     out, result, metrics = runs["evaluate"]["stdout"], runs["evaluation"], runs["first_metrics"]
@@ -117,33 +112,7 @@ def test_evaluate_script_repeats_the_runs_metrics(runs):
     assert 0 <= result["active_units"] <= result["latent_dim"] == 2
 
 
-def test_rerun_with_more_epochs_resumes_where_it_stopped(runs):
-    _ok(runs["resumed"])
-    assert "Resuming" in runs["resumed"]["stdout"]
-    assert "epoch 2/2" in runs["resumed"]["stdout"]
-    assert "epoch 1/2" not in runs["resumed"]["stdout"]            # epoch 1 is not redone
-    assert runs["resumed_metrics"]["steps"] == 8
-    history = json.load(open(os.path.join(runs["a"], "history.json")))
-    assert len(history["elbo"]) == 2
-    assert history["elbo"][0] == runs["first_history"]["elbo"][0]
-
-
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(runs):
-    _ok(runs["fresh"])
-    assert "Resuming" not in runs["fresh"]["stdout"]
-    resumed = tf.train.load_checkpoint(os.path.join(runs["a"], "checkpoints"))
-    fresh = tf.train.load_checkpoint(os.path.join(runs["b"], "checkpoints"))
-    names = sorted(resumed.get_variable_to_shape_map())
-    assert names == sorted(fresh.get_variable_to_shape_map())
-    # The model's weights are stored once, under the optimizer's references to them.
-    assert sum("_trainable_variables/" in n for n in names) == 8   # 2 Dense in each of enc, dec
-    for name in names:
-        if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
-            continue
-        np.testing.assert_array_equal(resumed.get_tensor(name), fresh.get_tensor(name),
-                                      err_msg=name)
-
-
+@pytest.mark.slow
 def test_another_models_settings_on_the_same_workdir_are_refused(runs):
     result = runs["mismatch"]
     assert result["returncode"] != 0
@@ -176,13 +145,16 @@ import json, sys
 from absl import flags
 sys.path.insert(0, sys.argv[1])
 import flags_table
+import dataclasses
+from tfp_vae.config import Config
 script, defined = flags_table.load_script(sys.argv[2])
 out = {"table": flags_table.table(script, defined), "flags": [f.name for f in defined]}
 for path in sys.argv[3:]:
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["train.py", "--flagfile=" + path])
-    out[path] = {"config": script.config_from_flags().to_dict(),
-                 "unset": [name for name in script._FIELDS if not flags.FLAGS[name].present]}
+    out[path] = {"config": script._FLAGS.config().to_dict(),
+                 "unset": [f.name for f in dataclasses.fields(Config)
+                           if not flags.FLAGS[f.name].present]}
 print(json.dumps(out))
 """
 

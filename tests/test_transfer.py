@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import baselines, factory, transfer
+from tfp_vae import factory
+from tfp_vae.experiments import baselines, transfer
 from tfp_vae.config import Config
 
 CONFIG = Config(limit=400, hidden_units=(32,), latent_dim=4, epochs=1, batch_size=50,

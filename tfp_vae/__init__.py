@@ -11,12 +11,13 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("baselines", "cli", "compare", "config", "data", "evaluate", "export", "factory",
-               "figures", "files", "layers", "models", "objectives", "pca", "plots", "priors",
-               "train", "transfer")
+_SUBMODULES = ("bodies", "callbacks", "checkpoints", "cli", "config", "data", "distributions",
+               "errors", "evaluate", "execution", "experiments", "export", "factory", "figures",
+               "files", "fused", "input_pipeline", "layers", "models", "objectives", "pca",
+               "plots", "priors", "summaries", "tied", "train", "workdir")
 _NAMES = {
     "GaussianEncoder": "layers", "BernoulliDecoder": "layers", "NormalDecoder": "layers",
-    "DenseTranspose": "layers", "TiedDecoder": "layers", "VAE": "models",
+    "DenseTranspose": "tied", "TiedDecoder": "tied", "VAE": "models",
     "ConditionalVAE": "models", "Autoencoder": "models", "ELBO": "objectives", "PCA": "pca",
     "VampPrior": "priors", "MixturePrior": "priors",
 }

@@ -1,14 +1,20 @@
-"""The run's configuration: one frozen dataclass, its checks and its presets.
+"""The run's configuration: one frozen dataclass whose fields carry their own help,
+choices and checks, and the presets.
 
-Scripts turn flags into a `Config`; the library reads only the `Config`.
-A run writes it to `workdir/config.json`, and a resumed run must match it.
+Every setting is written once, here: `tfp_vae.cli` turns the fields into absl
+flags (type, help, choices and validation from the field), `scripts/flags_table.py`
+prints them, and the library reads only the `Config`. A run writes it to
+`workdir/config.json`; a resumed run must match it in every field that is not
+marked `may_change`. Importing this module imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable, NamedTuple
+
+from tfp_vae.errors import ConfigError
 
 MODELS = ("vae", "ae", "pca")
 ARCHS = ("mlp", "conv")
@@ -19,74 +25,117 @@ BINARIZE = ("none", "static", "dynamic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
+__all__ = ["ARCHS", "BINARIZE", "Check", "Config", "ConfigError", "DECODERS", "MODELS",
+           "OBJECTIVES", "PRECISIONS", "PRESETS", "PRIORS", "STRATEGIES", "preset"]
 
-class ConfigError(ValueError):
-    """A bad setting; the message is one line naming the setting."""
+
+class Check(NamedTuple):
+    """A test of one value and what a failing value must be instead."""
+
+    test: Callable[[Any], bool]
+    says: str                    # completes "latent_dim ...", e.g. "must be > 0"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_positive_number(text) -> bool:
+    try:
+        return float(text) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+POSITIVE_INT = Check(lambda v: _is_int(v) and v > 0, "must be a positive integer")
+POSITIVE = Check(lambda v: v > 0, "must be > 0")
+NON_NEGATIVE = Check(lambda v: v >= 0, "must be >= 0")
+POSITIVE_INTS = Check(lambda v: all(_is_int(u) and u > 0 for u in v),
+                      "must be positive integers, e.g. 512,512")
+SCALE = Check(lambda v: v in ("scalar", "diagonal") or _is_positive_number(v),
+              "must be a positive number, 'scalar' or 'diagonal'")
+
+
+def setting(default, help: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
+            may_change: bool = False):
+    """A Config field: its default, one line of help, and what values it takes.
+
+    choices: the allowed values of a string setting. check: a test of any other
+    value (None passes for a field whose default is None). may_change: a
+    resumed run may give it another value (how long or where it runs, how it
+    is evaluated); every other field fixes the model or its data.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices), "check": check, "may_change": may_change})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Units: epochs, examples, nats."""
 
-    model: str = "vae"                    # one of MODELS
-    dataset: str = "mnist_5k"             # a data.load name or a .npz path
-    data_dir: str | None = None
-    binarize: str = "dynamic"             # one of BINARIZE
-    limit: int | None = None              # use only the first N training examples
-    arch: str = "mlp"                     # one of ARCHS
-    latent_dim: int = 32
-    hidden_units: tuple[int, ...] = (512, 512)
-    decoder: str = "bernoulli"            # one of DECODERS
-    decoder_scale: str = "1.0"            # NormalDecoder scale: a float, "scalar", "diagonal"
-    prior: str = "normal"                 # one of PRIORS
-    prior_components: int = 50            # pseudo-inputs (vamp) or mixture components (mog)
-    conditional: bool = False             # q(z|x, y), p(x|z, y): a ConditionalVAE on labels
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    objective: str = "elbo"               # one of OBJECTIVES
-    num_samples: int = 1                  # z draws per example (k for IWAE)
-    analytic_kl: bool = True
-    beta: float = 1.0
-    warmup_epochs: int = 0                # beta ramps from 0 to `beta` over these epochs
-    free_bits: float = 0.0
-    seed: int = 0
-    jit: bool = True
-    steps_per_execution: int = 32        # steps per compiled call: one XLA program (models.FusedSteps)
-    precision: str = "float32"            # one of PRECISIONS
-    strategy: str = "default"             # one of STRATEGIES
-    tpu: str | None = None
-    eval_iwae_k: int = 100                # importance samples for the end-of-run estimate
-    figures: bool = True
-    export: bool = True
+    model: str = setting("vae", "vae, ae (plain autoencoder) or pca.", choices=MODELS)
+    dataset: str = setting("mnist_5k", "mnist_5k, fashion_mnist, a TFDS name or a path to an "
+                           ".npz with x (and y).")
+    data_dir: str | None = setting(None, "Where the data set's files are.", may_change=True)
+    binarize: str = setting("dynamic", "none, static (x > 0.5) or dynamic (fresh draw each "
+                            "epoch).", choices=BINARIZE)
+    limit: int | None = setting(None, "Use only the first N examples of each split.",
+                                check=POSITIVE_INT)
+    arch: str = setting("mlp", "mlp, or conv (two stride-2 convolutions each way; H, W "
+                        "divisible by 4).", choices=ARCHS)
+    latent_dim: int = setting(32, "K, the size of z.", check=POSITIVE_INT)
+    hidden_units: tuple[int, ...] = setting((512, 512), "Widths of the MLP layers, e.g. "
+                                            "512,512; '' for affine.", check=POSITIVE_INTS)
+    decoder: str = setting("bernoulli", "bernoulli or normal.", choices=DECODERS)
+    decoder_scale: str = setting("1.0", "Normal decoder's scale: a number, scalar or diagonal.",
+                                 check=SCALE)
+    prior: str = setting("normal", "normal (N(0, I)), vamp (VampPrior) or mog (learned "
+                         "mixture).", choices=PRIORS)
+    prior_components: int = setting(50, "Pseudo-inputs (vamp) or components (mog).",
+                                    check=POSITIVE_INT)
+    conditional: bool = setting(False, "A conditional VAE: q(z|x, y) and p(x|z, y) on the data "
+                                "set's labels (arch=mlp).")
+    epochs: int = setting(30, "Passes over the training split.", check=POSITIVE_INT,
+                          may_change=True)
+    batch_size: int = setting(128, "Examples per step.", check=POSITIVE_INT)
+    learning_rate: float = setting(1e-3, "Adam's step size.", check=POSITIVE)
+    objective: str = setting("elbo", "elbo or iwae.", choices=OBJECTIVES)
+    num_samples: int = setting(1, "z draws per example (k for iwae).", check=POSITIVE_INT)
+    analytic_kl: bool = setting(True, "Closed-form KL.")
+    beta: float = setting(1.0, "Weight of the KL term.", check=NON_NEGATIVE)
+    warmup_epochs: int = setting(0, "Ramp beta from 0 over N epochs.", check=NON_NEGATIVE)
+    free_bits: float = setting(0.0, "Per-dimension KL floor, nats.", check=NON_NEGATIVE)
+    seed: int = setting(0, "Seed of weights, data order and draws.")
+    jit: bool = setting(True, "Compile the steps with XLA.", may_change=True)
+    steps_per_execution: int = setting(32, "Training steps per compiled call, run as one XLA "
+                                       "program when --jit on one device.", check=POSITIVE_INT,
+                                       may_change=True)
+    precision: str = setting("float32", "float32, mixed_float16 or mixed_bfloat16.",
+                             choices=PRECISIONS)
+    strategy: str = setting("default", "tf.distribute strategy.", choices=STRATEGIES,
+                            may_change=True)
+    tpu: str | None = setting(None, "TPU address for --strategy=tpu.", may_change=True)
+    eval_iwae_k: int = setting(100, "Importance samples for the test log-likelihood.",
+                               check=POSITIVE_INT, may_change=True)
+    figures: bool = setting(True, "Write figures at the end.", may_change=True)
+    export: bool = setting(True, "Export a SavedModel at the end.", may_change=True)
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if meta["choices"] and value not in meta["choices"]:
+                raise ConfigError(f"{field.name} must be one of {', '.join(meta['choices'])}; "
+                                  f"got {value!r}")
+            if meta["check"] is not None and value is not None and not _passes(meta["check"],
+                                                                               value):
+                raise ConfigError(f"{field.name} {meta['check'].says}; got {value!r}")
+        self._check_combinations()
+
+    def _check_combinations(self):
         def need(ok: bool, message: str):
             if not ok:
                 raise ConfigError(message)
 
-        for name, choices in (("model", MODELS), ("arch", ARCHS), ("decoder", DECODERS),
-                              ("objective", OBJECTIVES), ("prior", PRIORS),
-                              ("binarize", BINARIZE), ("precision", PRECISIONS),
-                              ("strategy", STRATEGIES)):
-            value = getattr(self, name)
-            need(value in choices, f"{name} must be one of {', '.join(choices)}; got {value!r}")
-        for name in ("latent_dim", "epochs", "batch_size", "num_samples", "steps_per_execution",
-                     "eval_iwae_k", "prior_components"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                 f"{name} must be a positive integer; got {value!r}")
-        need(self.limit is None or (isinstance(self.limit, int) and self.limit > 0),
-             f"limit must be a positive integer; got {self.limit!r}")
-        need(self.learning_rate > 0, f"learning_rate must be > 0; got {self.learning_rate!r}")
-        need(self.beta >= 0, f"beta must be >= 0; got {self.beta!r}")
-        need(self.free_bits >= 0, f"free_bits must be >= 0; got {self.free_bits!r}")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs!r}")
-        need(all(isinstance(u, int) and u > 0 for u in self.hidden_units),
-             f"hidden_units must be positive integers; got {self.hidden_units!r}")
-        need(self.decoder_scale in ("scalar", "diagonal") or _is_positive_float(
-            self.decoder_scale), "decoder_scale must be a positive number, 'scalar' or "
-             f"'diagonal'; got {self.decoder_scale!r}")
         need(self.strategy != "tpu" or bool(self.tpu),
              "strategy=tpu needs the TPU's address (--tpu)")
         need(not (self.objective == "iwae" and self.free_bits > 0),
@@ -123,32 +172,27 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def model_fields(self) -> dict[str, Any]:
-        """The settings that fix the model's shape and data: a resumed run must match them."""
-        return {k: v for k, v in self.to_dict().items() if k in _MODEL_FIELDS}
+        """The settings that fix the model and its data: a resumed run must match them."""
+        fixed = {f.name for f in dataclasses.fields(self) if not f.metadata["may_change"]}
+        return {k: v for k, v in self.to_dict().items() if k in fixed}
 
 
-# A resumed run may change how long it trains, how it evaluates and where it
-# runs, but not the model or the data it trains on.
-_MODEL_FIELDS = ("model", "dataset", "binarize", "limit", "arch", "latent_dim", "hidden_units",
-                 "decoder", "decoder_scale", "prior", "prior_components", "conditional",
-                 "batch_size", "learning_rate", "objective", "num_samples", "analytic_kl",
-                 "beta", "warmup_epochs", "free_bits", "seed", "precision")
-
-
-def _is_positive_float(text: str) -> bool:
+def _passes(check: Check, value) -> bool:
     try:
-        return float(text) > 0
-    except ValueError:
+        return bool(check.test(value))
+    except TypeError:         # a value of another type: "abc" > 0
         return False
 
 
+PRESETS = {
+    "default": Config(),     # the README's run
+    "tiny": Config(limit=256, latent_dim=2, hidden_units=(32,), epochs=1, batch_size=64,
+                   eval_iwae_k=8),    # tests: seconds
+}
+
+
 def preset(name: str) -> Config:
-    """Named presets: "default" (the README's run) and "tiny" (tests: seconds)."""
-    presets = {
-        "default": Config(),
-        "tiny": Config(limit=256, latent_dim=2, hidden_units=(32,), epochs=1, batch_size=64,
-                       eval_iwae_k=8),
-    }
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(presets)}")
-    return presets[name]
+    """A named starting point: "default" (the README's run) or "tiny" (tests: seconds)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]

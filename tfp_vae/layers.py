@@ -1,4 +1,4 @@
-"""Keras 3 layers whose `call` returns a `tfd.Distribution`.
+"""Keras 3 layers whose `call` returns a `tfd.Distribution`: the encoder and the decoders.
 
 TFP's own `tfp.layers` work only with the legacy Keras 2 (tf_keras); these are
 their Keras 3 counterparts for the models of this project. Each layer is a
@@ -26,14 +26,21 @@ TensorShape([5])
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfp_vae.bodies import check_units, mlp
+from tfp_vae.distributions import LogitBernoulli, NdtriNormalDiag
+# A public name of this module (tfp_vae.layers.DenseTranspose); it lives with
+# the tied decoder it serves.
+from tfp_vae.tied import DenseTranspose
+
 tfd = tfp.distributions
+
+__all__ = ["BernoulliDecoder", "DenseTranspose", "GaussianEncoder", "NormalDecoder"]
 
 _PACKAGE = "tfp_vae"
 # Lower bound on every learned scale: keeps log-densities finite when a scale
@@ -45,128 +52,12 @@ def _inverse_softplus(y: float) -> float:
     return float(y + math.log(-math.expm1(-y)))
 
 
-def _check_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
-    units = tuple(int(u) for u in hidden_units)
-    if any(u <= 0 for u in units):
-        raise ValueError(f"hidden_units must be positive integers, got {hidden_units!r}")
-    return units
-
-
-def mlp(hidden_units: Sequence[int], activation: str = "relu", name: str | None = None):
-    """A stack of Dense layers (`[B, D] -> [B, hidden_units[-1]]`), or None for ()."""
-    units = _check_units(hidden_units)
-    if not units:
-        return None
-    return keras.Sequential(
-        [keras.layers.Dense(u, activation=activation) for u in units], name=name
-    )
-
-
-def _check_conv_shape(data_shape) -> tuple[int, int, int]:
-    shape = tuple(int(d) for d in data_shape)
-    if len(shape) != 3 or shape[0] % 4 or shape[1] % 4:
-        raise ValueError(f"conv bodies need images [H, W, C] with H and W divisible by 4; "
-                         f"got {shape}")
-    return shape
-
-
-def conv_encoder_body(data_shape, filters: Sequence[int] = (32, 64), activation="relu",
-                      name: str | None = None):
-    """Two stride-2 convolutions: x `[B, H, W, C]` -> features `[B, H/4, W/4, filters[-1]]`."""
-    _check_conv_shape(data_shape)
-    return keras.Sequential(
-        [keras.layers.Conv2D(f, 3, strides=2, padding="same", activation=activation)
-         for f in filters], name=name)
-
-
-def conv_decoder_body(data_shape, filters: Sequence[int] = (64, 32), activation="relu",
-                      name: str | None = None):
-    """The mirror: z `[B, K]` -> features `[B, H, W, filters[-1]]`, image-shaped, so a
-    decoder layer puts a per-pixel (1x1) head on it."""
-    height, width, _ = _check_conv_shape(data_shape)
-    return keras.Sequential(
-        [keras.layers.Dense(height // 4 * width // 4 * filters[0], activation=activation),
-         keras.layers.Reshape((height // 4, width // 4, filters[0]))]
-        + [keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation)
-           for f in filters], name=name)
-
-
-class LogitBernoulli(tfd.Bernoulli):
-    """`tfd.Bernoulli` with a one-pass `log_prob` for finite logits.
-
-    TFP's Bernoulli evaluates ln p(x) as
-    `multiply_no_nan(-softplus(l), 1 - x) + multiply_no_nan(-softplus(-l), x)`:
-    two softplus and two masked products per pixel, so that infinite logits
-    work. A decoder's logits are finite, and then the same number is the
-    negative sigmoid cross-entropy, one exp and one log1p per pixel:
-    `−(max(l, 0) − l·x + log1p(exp(−|l|)))`. Under XLA that halves the
-    cost of the likelihood, a fifth of an importance-weighted bound's time.
-    Everything else (sampling, mean, entropy, KL) is TFP's, and so is
-    `log_prob` when the distribution was given probs.
-
-    >>> d = LogitBernoulli(logits=[-1.0, 2.0], dtype=tf.float32)
-    >>> bool(np.allclose(d.log_prob([1.0, 0.0]),
-    ...                  tfd.Bernoulli(logits=[-1.0, 2.0]).log_prob([1.0, 0.0])))
-    True
-    """
-
-    def _log_prob(self, event):
-        if self.logits is None:      # given probs: TFP's own
-            return super()._log_prob(event)
-        logits = tf.convert_to_tensor(self.logits)
-        event = tf.cast(event, logits.dtype)
-        return -tf.nn.sigmoid_cross_entropy_with_logits(labels=event, logits=logits)
-
-
-def standard_normal(shape, seed, dtype=tf.float32) -> tf.Tensor:
-    """N(0, 1) draws of `shape` for a stateless `seed` (`[2]` ints): Φ⁻¹(u).
-
-    u is TensorFlow's Philox uniform, k·2⁻²³ on [0, 1) in float32, moved up
-    by half a grid step to the midpoints (2k + 1)·2⁻²⁴: all inside (0, 1)
-    and symmetric about ½, so every draw is finite (|ε| ≤ 5.29) and ε and −ε
-    are equally likely (float64: k·2⁻⁵², |ε| ≤ 8.21). Inverting the CDF
-    (`tf.math.ndtri`) costs under XLA a fraction of what
-    `tf.random.stateless_normal` does; compiled and eager runs draw different
-    numbers for the same seed (XLA's Philox stream is its own). 16-bit
-    dtypes draw in float32 and round.
-    """
-    draw = tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
-    u = tf.random.stateless_uniform(shape, seed, dtype=draw, alg="philox")
-    return tf.cast(tf.math.ndtri(u + np.finfo(draw.as_numpy_dtype).eps / 2), dtype)
-
-
-class NdtriNormalDiag(tfd.MultivariateNormalDiag):
-    """`tfd.MultivariateNormalDiag` that samples with :func:`standard_normal`.
-
-    TFP draws the standard-normal base with `tf.random.stateless_normal` in
-    the layout `[n, K, B]` and transposes it; here ε `[n, B, K]` comes from
-    Φ⁻¹ of Philox uniforms, and z = loc + scale·ε through the distribution's
-    own bijector (so `log_prob` of a sample reuses the cached ε). Under XLA
-    this halves the time of an importance-weighted bound with k = 100. The
-    law and the reparameterisation are the same; for the same seed the
-    numbers are not TFP's. log_prob, KL, entropy and everything else are
-    TFP's. A stateful seed (None or an int) takes TFP's own sampler.
-
-    >>> q = NdtriNormalDiag(loc=[0.0, 1.0], scale_diag=[1.0, 2.0])
-    >>> q.sample(3, seed=(1, 2)).shape
-    TensorShape([3, 2])
-    """
-
-    def _call_sample_n(self, sample_shape, seed, **kwargs):
-        if kwargs or seed is None or isinstance(seed, (int, np.integer)):
-            return super()._call_sample_n(sample_shape, seed, **kwargs)
-        shape = tf.concat([tf.reshape(tf.cast(sample_shape, tf.int32), [-1]),
-                           self.batch_shape_tensor(), self.event_shape_tensor()], axis=0)
-        eps = standard_normal(shape, tfp.random.sanitize_seed(seed), self.dtype)
-        return self.bijector.forward(eps)
-
-
 class _DistributionLayer(keras.layers.Layer):
     """Body + float32 head; subclasses say how head outputs become a distribution."""
 
     def __init__(self, hidden_units=(512, 512), body=None, activation="relu", **kwargs):
         super().__init__(**kwargs)
-        self.hidden_units = _check_units(hidden_units)
+        self.hidden_units = check_units(hidden_units)
         self.activation = activation
         self._user_body = body is not None
         self.body = body if body is not None else mlp(self.hidden_units, activation, name="body")
@@ -391,149 +282,3 @@ class NormalDecoder(_Decoder):
         return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class DenseTranspose(keras.layers.Layer):
-    """A Dense layer that reuses another Dense's kernel, transposed (tied weights).
-
-    With `dense` mapping `[B, n] -> [B, m]` through kernel W `[n, m]`, this maps
-    `[B, m] -> [B, n]` as activation(x Wᵀ + b). W is the same variable as
-    `dense.kernel`, not a copy; only the bias `b` `[n]` is new.
-
-    >>> enc = keras.layers.Dense(3); _ = enc(tf.zeros([1, 5]))
-    >>> dec = DenseTranspose(enc); dec(tf.zeros([2, 3])).shape
-    TensorShape([2, 5])
-    """
-
-    def __init__(self, dense: keras.layers.Dense, activation=None, use_bias=True, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(dense, keras.layers.Dense):
-            raise TypeError(f"DenseTranspose ties to a keras.layers.Dense, got {type(dense).__name__}")
-        # Held outside Keras' tracking: the Dense's bias is not ours. Only its
-        # kernel is, and build() tracks that very variable (Keras de-duplicates
-        # shared variables, so a model lists it once).
-        object.__setattr__(self, "dense", dense)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = use_bias
-
-    def build(self, input_shape):
-        if not self.dense.built:
-            raise ValueError("build the tied Dense layer before the DenseTranspose that uses it")
-        self.kernel = self.dense.kernel
-        units = int(self.kernel.shape[0])
-        self.bias = (self.add_weight(name="bias", shape=(units,), initializer="zeros")
-                     if self.use_bias else None)
-        self.built = True
-
-    def call(self, x):
-        kernel = keras.ops.cast(self.kernel, self.compute_dtype)
-        y = keras.ops.matmul(x, keras.ops.transpose(kernel))
-        if self.bias is not None:
-            y = y + keras.ops.cast(self.bias, self.compute_dtype)
-        return self.activation(y)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (int(self.dense.kernel.shape[0]),)
-
-    def get_config(self):
-        # The tie is a reference to another layer: the model that owns both
-        # layers (tfp_vae.models.Autoencoder) re-creates it when it loads.
-        config = super().get_config()
-        config.update(activation=keras.activations.serialize(self.activation),
-                      use_bias=self.use_bias)
-        return config
-
-
-_SHAPE_ONLY = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
-               keras.layers.Activation, keras.layers.InputLayer)
-
-
-def dense_layers(layer) -> list:
-    """The Dense layers of `layer` in call order, looking inside Sequentials and models.
-
-    Shape-only layers (Flatten, Reshape, Dropout, Activation) are skipped; any
-    other layer raises, because a tied decoder can mirror only Dense layers
-    (checked by type, since an unbuilt Conv2D has no weights yet).
-    """
-    if isinstance(layer, keras.layers.Dense):
-        return [layer]
-    inner = getattr(layer, "layers", None)
-    if inner is not None:
-        return [d for sub in inner for d in dense_layers(sub)]
-    if isinstance(layer, _SHAPE_ONLY):
-        return []
-    raise TypeError(f"a tied decoder mirrors Dense layers only; the encoder has a "
-                    f"{type(layer).__name__}")
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class TiedDecoder(keras.layers.Layer):
-    """The mirror image of an MLP encoder, with tied weights.
-
-    With encoder Dense layers 1 … L (kernels W_ℓ), decoder layer ℓ is
-    `DenseTranspose(encoder layer L−ℓ+1)`: it uses W_{L−ℓ+1}ᵀ, the same
-    variable, and adds only a bias. Hidden layers use `activation`; the last
-    is affine (logits or means). Codes `[B, K]` -> `[B, *data_shape]`.
-
-    The tie is a reference to another layer, which no config can carry: the
-    owner of both layers calls `tie(encoder)` (`tfp_vae.models.Autoencoder`
-    does so in its constructor, so a loaded `.keras` model is tied again).
-
-    >>> enc = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)])
-    >>> _ = enc(tf.zeros([1, 2, 2, 1]))
-    >>> dec = TiedDecoder((2, 2, 1)); dec.tie(enc)
-    >>> dec(tf.zeros([5, 3])).shape
-    TensorShape([5, 2, 2, 1])
-    """
-
-    def __init__(self, data_shape, activation="relu", **kwargs):
-        super().__init__(**kwargs)
-        self.data_shape = tuple(int(d) for d in data_shape)
-        if not self.data_shape or any(d <= 0 for d in self.data_shape):
-            raise ValueError(f"data_shape must be positive integers, got {data_shape!r}")
-        self.activation = activation
-        self.transposes = None
-
-    def tie(self, encoder) -> None:
-        """Builds the decoder layers on `encoder`'s Dense kernels (no variables copied)."""
-        if self.transposes is not None:
-            raise ValueError("this TiedDecoder is tied already; make a new one per encoder")
-        denses = dense_layers(encoder)
-        if not denses:
-            raise ValueError("the encoder has no Dense layers to tie to")
-        last = len(denses) - 1
-        self.transposes = [
-            DenseTranspose(dense, activation=None if i == last else self.activation,
-                           name=f"transpose_{i}")
-            for i, dense in enumerate(reversed(denses))]
-
-    def build(self, input_shape):
-        if self.transposes is None:
-            raise ValueError("call tie(encoder) before using a TiedDecoder")
-        shape = tuple(input_shape)
-        for layer in self.transposes:
-            layer.build(shape)
-            shape = layer.compute_output_shape(shape)
-        if int(shape[-1]) != int(np.prod(self.data_shape)):
-            raise ValueError(f"the tied decoder emits {shape[-1]} values per example but "
-                             f"data_shape {self.data_shape} needs {int(np.prod(self.data_shape))}")
-        self.built = True
-
-    def build_from_config(self, config):
-        # Loading deserialises this layer before its owner ties it; the owner
-        # builds it afterwards, once the encoder's kernels exist.
-        if self.transposes is not None:
-            super().build_from_config(config)
-
-    def call(self, z):
-        h = z
-        for layer in self.transposes:
-            h = layer(h)
-        return keras.ops.reshape(h, (keras.ops.shape(h)[0],) + self.data_shape)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],) + self.data_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(data_shape=list(self.data_shape), activation=self.activation)
-        return config

@@ -47,15 +47,6 @@ def _log_likelihood(decode: DecodeFn, z: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(likelihood.log_prob(x_tiled), [num_samples, -1])
 
 
-def has_analytic_kl(q: tfd.Distribution, p: tfd.Distribution) -> bool:
-    """True when TFP registers a closed-form KL(q ‖ p) for these types."""
-    try:
-        tfd.kl_divergence(q, p)
-    except NotImplementedError:
-        return False
-    return True
-
-
 def elbo(x: tf.Tensor, posterior: tfd.Distribution, decode: DecodeFn, prior: tfd.Distribution,
          *, seed, num_samples: int = 1, analytic_kl: bool = True, beta=1.0,
          free_bits: float = 0.0) -> ELBO:
@@ -81,13 +72,29 @@ def elbo(x: tf.Tensor, posterior: tfd.Distribution, decode: DecodeFn, prior: tfd
     reconstruction = tf.reduce_mean(_log_likelihood(decode, z, x), axis=0)
     if free_bits > 0:
         kl = _free_bits_kl(posterior, prior, free_bits)
-    elif analytic_kl and has_analytic_kl(posterior, prior):
-        kl = tfd.kl_divergence(posterior, prior)
     else:
-        kl = tf.reduce_mean(posterior.log_prob(z) - prior.log_prob(z), axis=0)
+        kl = _kl(posterior, prior, z, analytic_kl)
+    return _terms(reconstruction, kl, beta)
+
+
+def _terms(reconstruction: tf.Tensor, kl: tf.Tensor, beta=1.0) -> ELBO:
     kl = tf.cast(kl, reconstruction.dtype)
     beta = tf.cast(beta, reconstruction.dtype)
     return ELBO(elbo=reconstruction - beta * kl, reconstruction=reconstruction, kl=kl)
+
+
+def _kl(posterior, prior, z, analytic_kl: bool, log_q=None, log_p=None) -> tf.Tensor:
+    """KL(q ‖ p) `[B]`: the closed form when asked for and TFP has one, else the
+    Monte-Carlo mean of ln q(z|x) − ln p(z) over the draws z `[S, B, K]` (or
+    over their log-densities, when the caller has them already)."""
+    if analytic_kl:
+        try:
+            return tfd.kl_divergence(posterior, prior)
+        except NotImplementedError:      # a mixture prior: no closed form
+            pass
+    if log_q is None:
+        log_q, log_p = posterior.log_prob(z), prior.log_prob(z)
+    return tf.reduce_mean(log_q - log_p, axis=0)
 
 
 def _marginals(d: tfd.Distribution) -> tfd.Distribution:
@@ -106,11 +113,47 @@ def _free_bits_kl(posterior, prior, free_bits) -> tf.Tensor:
     return tf.reduce_sum(tf.maximum(per_dim, tf.cast(free_bits, per_dim.dtype)), axis=-1)
 
 
-def log_weights(x, posterior, decode: DecodeFn, prior, *, seed, num_samples) -> tf.Tensor:
-    """ln w = ln p(x|z) + ln p(z) − ln q(z|x) for S draws z ~ q: `[S, B]`."""
+class _Draws(NamedTuple):
+    """Log-densities at S draws z ~ q(z|x), each `[S, B]`."""
+
+    log_px_z: tf.Tensor       # ln p(x|z)
+    log_pz: tf.Tensor         # ln p(z)
+    log_qz: tf.Tensor         # ln q(z|x)
+
+    def log_weights(self) -> tf.Tensor:
+        """ln w = ln p(x|z) + ln p(z) − ln q(z|x), `[S, B]`."""
+        return self.log_px_z + self.log_pz - self.log_qz
+
+
+def _draws(x, posterior, decode: DecodeFn, prior, *, seed, num_samples) -> tuple[tf.Tensor, _Draws]:
+    """(z `[S, B, K]`, the log-densities at z) for S draws z ~ q."""
     z = posterior.sample(num_samples, seed=seed)                      # [S, B, K]
     log_px_z = _log_likelihood(decode, z, x)
-    return log_px_z + tf.cast(prior.log_prob(z) - posterior.log_prob(z), log_px_z.dtype)
+    cast = lambda t: tf.cast(t, log_px_z.dtype)                       # noqa: E731
+    return z, _Draws(log_px_z, cast(prior.log_prob(z)), cast(posterior.log_prob(z)))
+
+
+def log_weights(x, posterior, decode: DecodeFn, prior, *, seed, num_samples) -> tf.Tensor:
+    """ln w = ln p(x|z) + ln p(z) − ln q(z|x) for S draws z ~ q: `[S, B]`."""
+    return _draws(x, posterior, decode, prior, seed=seed, num_samples=num_samples)[1].log_weights()
+
+
+def iwae_objective(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
+                   analytic_kl: bool = True) -> tuple[tf.Tensor, ELBO]:
+    """The k-sample bound to train on, `[B]` nats, and ELBO terms from the same k draws.
+
+    The bound is `iwae_bound` in one chunk (the same draws for the same seed).
+    The terms, for reporting, are their k-draw averages: reconstruction
+    E_q[ln p(x|z)], and KL in closed form when asked for and known, else the
+    mean of ln q − ln p; so the encoder and decoder run once per step.
+    """
+    k = int(num_samples)
+    if k < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    z, d = _draws(x, posterior, decode, prior, seed=seed, num_samples=k)
+    bound = tf.reduce_logsumexp(d.log_weights(), axis=0) - math.log(k)
+    kl = _kl(posterior, prior, z, analytic_kl, log_q=d.log_qz, log_p=d.log_pz)
+    return bound, _terms(tf.reduce_mean(d.log_px_z, axis=0), kl)
 
 
 def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,

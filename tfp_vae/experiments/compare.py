@@ -35,8 +35,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import baselines, factory, files, plots, transfer
-from tfp_vae.config import Config, ConfigError
+from tfp_vae import factory, files, plots, workdir as workdir_lib
+from tfp_vae.experiments import baselines, transfer
+from tfp_vae.config import Config
+from tfp_vae.errors import ConfigError
 from tfp_vae.pca import PCA
 
 tfd = tfp.distributions
@@ -197,7 +199,6 @@ def run(config: Config, workdir: str, ks: Sequence[int] = (2, 8, 32), *,
     models = [m for m in MODELS if m in set(models) | {"pca", "vae"}]
     if transfer_k is not None and transfer_k not in ks:
         raise ConfigError(f"transfer_k={transfer_k} must be one of ks {ks}")
-    from tfp_vae.train import check_workdir   # the VAE's refusal of a foreign workdir
 
     splits = baselines.load_splits(config)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
@@ -205,7 +206,7 @@ def run(config: Config, workdir: str, ks: Sequence[int] = (2, 8, 32), *,
         raise ConfigError(f"compare needs labels; data set {config.dataset!r} has none")
     if ks[-1] > min(x_train.shape[0], int(np.prod(x_train.shape[1:]))):
         raise ConfigError(f"k={ks[-1]} exceeds min(N, D) of the training data")
-    check_workdir(config, workdir)
+    workdir_lib.prepare(config, workdir)   # refuses another run's workdir
     log = (lambda msg: print(msg, flush=True)) if verbose else (lambda msg: None)
     data_shape = x_train.shape[1:]
 

@@ -19,20 +19,15 @@ from typing import Callable
 import keras
 import numpy as np
 
-from tfp_vae import data, factory, figures, files, plots
-from tfp_vae.config import Config, ConfigError
+from tfp_vae import data, factory, figures, files, input_pipeline, plots, workdir as workdir_lib
+from tfp_vae.config import Config
+from tfp_vae.errors import ConfigError
 from tfp_vae.pca import PCA
 
 
 def load_splits(config: Config, splits=("train", "test")) -> dict[str, tuple]:
     """{split: (x `[N, H, W, C]` in [0, 1], y `[N]` or None)}, each cut to `config.limit`."""
-    out = {}
-    for split in splits:
-        x, y = data.load_arrays(config.dataset, split, data_dir=config.data_dir)
-        if config.limit is not None:
-            x, y = x[:config.limit], None if y is None else y[:config.limit]
-        out[split] = (x, y)
-    return out
+    return {split: input_pipeline.load_split(config, split) for split in splits}
 
 
 def fit(model: keras.Model, config: Config, x_train: np.ndarray, verbose: int = 0) -> dict:
@@ -94,11 +89,10 @@ def train_baseline(config: Config, workdir: str, *, verbose: int = 0) -> dict:
     """
     if config.model not in ("pca", "ae"):
         raise ConfigError(f"train_baseline trains model=pca or ae; got {config.model!r}")
-    from tfp_vae.train import check_workdir   # the VAE's refusal of a foreign workdir
 
     splits = load_splits(config)
     (x_train, _), (x_test, y_test) = splits["train"], splits["test"]
-    check_workdir(config, workdir)
+    workdir_lib.prepare(config, workdir)   # refuses another run's workdir
     figure_dir = os.path.join(workdir, "figures")
     path = lambda name: os.path.join(figure_dir, f"{name}.png")          # noqa: E731
     if config.model == "pca":

@@ -1,0 +1,95 @@
+"""Where and how a run computes: the tf.distribute strategy, the precision policy,
+and the compiled model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from tfp_vae.config import Config
+
+log = logging.getLogger("tfp_vae")
+
+__all__ = ["compile_model", "is_chief", "make_strategy", "precision_policy", "task_id"]
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if config.strategy == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's artifacts: the chief, or worker 0
+    of a cluster without one, or the only process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def task_id() -> int:
+    """This process's task index in TF_CONFIG (0 without one)."""
+    return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Builds under the dtype policy `name` ("float32", "mixed_float16",
+    "mixed_bfloat16"): layers take the policy when they are created and keep
+    it, so the global policy is restored afterwards rather than leaking into
+    whatever the process builds next."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_model(model: keras.Model, config: Config) -> keras.optimizers.Optimizer:
+    """Compiles `model` for `fit` as a run does; returns its optimizer, built.
+
+    Under mixed_float16 Keras wraps Adam in a LossScaleOptimizer: the wrapper
+    (with its dynamic loss scale) is what is returned, built and checkpointed,
+    and its `iterations` are Adam's. Call it inside the strategy's scope.
+    """
+    jit, steps = config.jit, config.steps_per_execution
+    # Keras' multi-step loop fails under tf.distribute (keras-team/keras#19246)
+    # and XLA cannot compile replicas on CPUs (tensorflow/tensorflow#45940);
+    # docs/performance.md has the errors.
+    if tf.distribute.has_strategy() and steps > 1:
+        log.warning("steps_per_execution=1 under tf.distribute (Keras 3.15 fails otherwise)")
+        steps = 1
+    if jit and _replicas_on_cpus(tf.distribute.get_strategy()):
+        log.warning("XLA off: replicas on CPUs (TF 2.21 fails otherwise)")
+        jit = False
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=jit,
+                  steps_per_execution=steps)
+    model.optimizer.build(model.trainable_variables)
+    return model.optimizer
+
+
+def _replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
+    """True for two or more replicas in sync whose devices here are all CPUs."""
+    try:
+        devices = strategy.extended.worker_devices
+    except (AttributeError, RuntimeError, NotImplementedError):   # the default strategy
+        return False
+    return (strategy.num_replicas_in_sync > 1
+            and all(":CPU:" in d.upper() for d in devices))

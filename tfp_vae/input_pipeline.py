@@ -1,0 +1,144 @@
+"""The run's data, as its Config asks for it: the splits loaded and checked, each
+training epoch's batches, and the one fixed draw of the evaluation images.
+
+Training and evaluation both read their data here, so a resumed run, the
+end-of-run metrics and `scripts/evaluate.py` see the very same images.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_vae import data
+from tfp_vae.config import Config
+from tfp_vae.errors import DataError
+
+log = logging.getLogger("tfp_vae")
+
+__all__ = ["Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays", "load_split",
+           "load_splits", "train_dataset"]
+
+
+class Splits(NamedTuple):
+    """A run's three splits, each cut to `config.limit`; images float32 in [0, 1]."""
+
+    x_train: np.ndarray              # [N, H, W, C]
+    y_train: np.ndarray | None       # [N] int64, or None without labels
+    x_val: np.ndarray                # [N_val, H, W, C]
+    y_val: np.ndarray | None         # [N_val]
+    x_test: np.ndarray               # [N_test, H, W, C]
+    y_test: np.ndarray | None        # [N_test]
+    num_classes: int | None          # classes a conditional model takes; None unless conditional
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """One example's shape, (H, W, C)."""
+        return tuple(self.x_train.shape[1:])
+
+    def labels(self, split: str) -> np.ndarray | None:
+        """The labels of `split` a conditional model takes with its images, else None."""
+        if self.num_classes is None:
+            return None
+        return {"train": self.y_train, "validation": self.y_val, "test": self.y_test}[split]
+
+
+def load_split(config: Config, split: str, limit: int | None = None):
+    """(x `[N, H, W, C]`, y `[N]` or None) of `split`, cut to `limit` (default:
+    the run's limit)."""
+    limit = config.limit if limit is None else limit
+    x, y = data.load_arrays(config.dataset, split, data_dir=config.data_dir)
+    return x[:limit], (None if y is None else y[:limit])
+
+
+def load_splits(config: Config) -> Splits:
+    """Loads and checks the run's data before anything is written.
+
+    Raises DataError when a split does not suit the model (see `check_split`)
+    or, for a conditional run, has no labels.
+    """
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        load_split(config, split) for split in data.SPLITS)
+    for split, x in (("train", x_train), ("validation", x_val), ("test", x_test)):
+        check_split(config, split, x)
+    num_classes = _check_labels(config, {"train": y_train, "validation": y_val, "test": y_test})
+    if config.decoder == "bernoulli" and config.binarize == "none":
+        # Bernoulli log-likelihoods of grey levels are cross-entropies, fine
+        # for training but not likelihoods of the data; say so once.
+        log.info("Bernoulli decoder on grey levels: its log_prob is a cross-entropy")
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, num_classes)
+
+
+def check_split(config: Config, split: str, x: np.ndarray) -> None:
+    """Raises DataError unless `x` suits the model: finite images and, where the
+    model reads pixels as probabilities, values in [0, 1]."""
+    if config.binarize == "dynamic":
+        unit, fix = True, ("dynamic binarisation draws Bernoulli(x) per pixel; scale x to "
+                           "[0, 1] or use --binarize=static")
+    elif config.binarize == "none" and config.decoder == "bernoulli":
+        unit, fix = True, ("the Bernoulli decoder models values in [0, 1]; scale x to [0, 1], "
+                           "use --binarize=static or --decoder=normal")
+    else:
+        unit, fix = False, ""
+    data.check_images(x, f"{config.dataset} ({split})", unit_interval=unit, fix=fix)
+
+
+def _check_labels(config: Config, labels: dict[str, np.ndarray | None]) -> int | None:
+    """The number of classes a conditional run's model takes (None unless
+    `config.conditional`); raises DataError if a split has no labels."""
+    if not config.conditional:
+        return None
+    for split, y in labels.items():
+        if y is None:
+            raise DataError(f"{config.dataset} ({split}) has no labels; conditional needs "
+                            "them (an .npz with y, or a labelled data set)")
+    classes = data.num_classes(config.dataset, data_dir=config.data_dir)
+    if classes is None or classes < 2:
+        raise DataError(f"{config.dataset} has {classes or 'no'} label classes; "
+                        "conditional needs 2 or more")
+    return classes
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of one epoch: a fixed function of (seed, epoch)."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1)
+
+
+# The evaluation draw's seed: the "epoch" no training epoch uses.
+_EVALUATION_EPOCH = -1
+
+
+def train_dataset(config: Config, x, epoch: int, y=None) -> tf.data.Dataset:
+    """Epoch `epoch`'s training batches `[B, *data]` (pairs with labels y): order
+    and binarisation draws are a fixed function of (seed, epoch), so a resumed
+    run rebuilds them exactly. The epoch is computed up front
+    (`data.epoch_dataset`): cheap to build anew."""
+    return data.epoch_dataset(x, config.batch_size, y=y, binarize=config.binarize, shuffle=True,
+                              seed=epoch_seed(config.seed, epoch))
+
+
+def evaluation_arrays(config: Config, x: np.ndarray) -> np.ndarray:
+    """The evaluation images themselves: x `[N, ...]` binarised once, as every
+    evaluation of the run sees them (validation each epoch, the test metrics,
+    figures, scripts/evaluate.py).
+
+    The dynamic draw is the first pass of `data.make_dataset` with the run's
+    evaluation seed, in batches of 1,000: a fixed function of (seed, x) in a
+    process whose global seed is `config.seed`, which the run and
+    `scripts/evaluate.py` both set (`keras.utils.set_random_seed`).
+    """
+    ds = data.make_dataset(x, None, 1000, binarize=config.binarize, shuffle=False,
+                           seed=epoch_seed(config.seed, _EVALUATION_EPOCH))
+    return np.concatenate(list(ds.as_numpy_iterator()))
+
+
+def eval_dataset(config: Config, x: np.ndarray, y=None,
+                 batch_size: int | None = None) -> tf.data.Dataset:
+    """Batches of `evaluation_arrays(config, x)` in order (pairs with labels y):
+    the same images on every pass, so every epoch's validation ELBO is measured
+    on the same data, resumed or not."""
+    return data.make_dataset(evaluation_arrays(config, x), y, batch_size or config.batch_size,
+                             binarize="none", shuffle=False)
