@@ -16,9 +16,8 @@ class FusedSteps:
     """Mix-in for a `keras.Model`: `steps_per_execution` steps as one XLA program.
 
     Keras 3 runs `compile(jit_compile=True, steps_per_execution=n)` as a
-    TensorFlow while loop that launches one XLA program per step; each launch
-    costs a round trip through the executor and leaves XLA no room across
-    steps. With this mix-in (and no tf.distribute strategy), `fit` and
+    TensorFlow while loop that launches one XLA program per step, each launch
+    a round trip through the executor. With this mix-in (and no tf.distribute strategy), `fit` and
     `evaluate` pull n batches from the iterator, stack them and run all n
     steps inside one compiled `tf.while_loop`. The steps are the same ones in
     the same order (the optimizer still takes one step per batch), so results
@@ -53,8 +52,8 @@ def _fused_function(step_fn, steps: int):
     the end of the data), running up to `steps` calls of `step_fn` at once.
 
     Of the `steps` batches pulled, the leading ones shaped like the first go
-    into one compiled loop; any after them (the data ran out, or an epoch's
-    short last batch) run one compiled step each, in order.
+    into one compiled loop; any after them (an epoch's short last batch, say)
+    run one compiled step each, in order.
     """
 
     @tf.function(jit_compile=True, reduce_retracing=True)
@@ -71,42 +70,33 @@ def _fused_function(step_fn, steps: int):
 
         return tf.while_loop(lambda i, _: i < count, body, (tf.constant(1), logs))[1]
 
-    def like(value, first) -> tf.Tensor:
-        return tf.reduce_all([tf.reduce_all(tf.equal(tf.shape(t), tf.shape(f)))
-                              for t, f in zip(tf.nest.flatten(value), tf.nest.flatten(first))])
-
-    def run(optionals):
-        """The steps, when the first optional holds a batch."""
-        first = optionals[0].get_value()
-        present = [o.has_value() for o in optionals]
-        fits = [tf.constant(True)] + [
-            tf.cond(p, lambda o=o: like(o.get_value(), first), lambda: False)
-            for p, o in zip(present[1:], optionals[1:])]
-        count = tf.reduce_sum(tf.math.cumprod(tf.cast(tf.stack(fits), tf.int32)))
-        zeros = tf.nest.map_structure(tf.zeros_like, first)
-        values = [first] + [tf.cond(f, lambda o=o: o.get_value(), lambda: zeros)
-                            for f, o in zip(fits[1:], optionals[1:])]
-        logs = leading_steps(tf.nest.map_structure(lambda *t: tf.stack(t), *values), count)
-        for i in range(1, steps):
-            logs = tf.cond(tf.logical_and(present[i], i >= count),
-                           lambda o=optionals[i]: one_step(o.get_value()),
-                           lambda logs=logs: logs)
+    def function(iterator):
+        # Pulled here, eagerly: a graph that pulled them would need a tf.cond
+        # per batch, and tracing those cost seconds at every start.
+        batches = []
+        for _ in range(steps):
+            optional = iterator.get_next_as_optional()
+            if not optional.has_value():
+                break
+            batches.append(optional.get_value())
+        if not batches:
+            raise StopIteration
+        shape = _shapes(batches[0])
+        count = next((i for i, b in enumerate(batches) if _shapes(b) != shape), len(batches))
+        if count == 1:
+            logs = one_step(batches[0])
+        else:
+            # Padded to `steps` with zeros, so the loop compiles once for every count.
+            zeros = tf.nest.map_structure(tf.zeros_like, batches[0])
+            padded = batches[:count] + [zeros] * (steps - count)
+            logs = leading_steps(tf.nest.map_structure(lambda *t: tf.stack(t), *padded),
+                                 tf.constant(count))
+        for batch in batches[count:]:
+            logs = one_step(batch)
         return logs
 
-    @tf.function(reduce_retracing=True)
-    def multi_step(iterator):
-        optionals = [iterator.get_next_as_optional() for _ in range(steps)]
-        spec = tf.nest.map_structure(
-            tf.TensorSpec.from_tensor,
-            one_step.get_concrete_function(iterator.element_spec).structured_outputs)
-        return tf.cond(optionals[0].has_value(),
-                       lambda: tf.experimental.Optional.from_value(run(optionals)),
-                       lambda: tf.experimental.Optional.empty(spec))
-
-    def function(iterator):
-        outputs = multi_step(iterator)
-        if not outputs.has_value():
-            raise StopIteration
-        return outputs.get_value()
-
     return function
+
+
+def _shapes(batch) -> tuple:
+    return tuple(tuple(t.shape) for t in tf.nest.flatten(batch))
