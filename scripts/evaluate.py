@@ -41,6 +41,7 @@ _ROWS = (
     ("reconstruction", "  reconstruction E_q[ln p(x|z)]", "{:.2f} nats"),
     ("kl", "  KL(q(z|x) || p(z))", "{:.2f} nats"),
     ("iwae", "IWAE-{k} estimate of ln p(x)", "{:.2f} nats"),
+    ("iwae_stderr", "  its standard error over the images", "{:.2f} nats"),
     ("active_units", "active units (Var E_q[z_u] > 0.01)", "{} of {latent_dim}"),
     ("linear_probe_accuracy", "linear probe accuracy", "{:.3f}"),
 )
@@ -52,8 +53,8 @@ def format_table(result: dict) -> str:
     lines = [f"{result['path']} ({where}), {result['split']} split, "
              f"{result['num_examples']} examples, seed {result['seed']}"]
     for key, label, fmt in _ROWS:
-        if key == "iwae":
-            key = f"iwae_{result['k']}"
+        if key.startswith("iwae"):
+            key = key.replace("iwae", f"iwae_{result['k']}")
         if key not in result:
             continue
         lines.append(f"  {label.format(**result):<38} {fmt.format(result[key], **result)}")

@@ -164,3 +164,15 @@ def test_saved_model_without_an_iwae_signature_is_refused():
     with pytest.raises(evaluate.EvaluationError, match="re-export"):
         evaluate.elbo_terms(OldExport(), np.zeros((1, 2), np.float32))
     assert "iwae" in export.SIGNATURES
+
+
+def test_the_iwae_standard_error_is_that_of_log_px_over_the_images(lg):
+    # At the exact posterior every importance weight is p(x): the per-image
+    # estimates are ln p(x) exactly, so their standard error over the images
+    # is the closed form's.
+    x = lg.sample_x(400)
+    config = config_lib.Config(binarize="none", decoder="normal", batch_size=100, seed=3)
+    out = evaluate.evaluate_model(lg.vae(), config, x, iwae_k=5)
+    log_px = lg.log_px(x)
+    assert out["iwae_5"] == pytest.approx(log_px.mean(), abs=1e-3)
+    assert out["iwae_5_stderr"] == pytest.approx(log_px.std(ddof=1) / np.sqrt(400), rel=1e-3)

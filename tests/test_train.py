@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tfp_vae import config as config_lib
-from tfp_vae import input_pipeline, train
+from tfp_vae import evaluate, input_pipeline, train
 
 # In-process runs of the whole path: end to end, so slow.
 pytestmark = pytest.mark.slow
@@ -69,3 +69,49 @@ def test_every_pass_over_the_evaluation_data_sees_the_same_images():
     p = np.minimum(x, 1 - x).astype(np.float64)
     expected, stderr = p.mean(), np.sqrt(np.sum(p * (1 - p))) / p.size
     assert abs(np.mean(first != (x > 0.5)) - expected) < 5 * stderr
+
+
+# A run that overfits 64 digits fast enough to stop early (after 11 epochs, the
+# best being the 8th, with this seed).
+STOPPING = config_lib.preset("tiny").replace(limit=64, epochs=40, patience=2, warmup_epochs=3,
+                                             learning_rate=0.03, figures=False, export=False,
+                                             eval_iwae_k=4)
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("early_stopping")
+    straight, resumed = str(root / "straight"), str(root / "resumed")
+    out = {"straight": straight, "resumed": resumed,
+           "straight_metrics": train.train_and_evaluate(STOPPING, straight, verbose=0)}
+    best = out["straight_metrics"]["best_epoch"]
+    # Stopped (as by a kill) one epoch before the best, then run to the end.
+    train.train_and_evaluate(STOPPING.replace(epochs=best - 1), resumed, verbose=0)
+    out["resumed_metrics"] = train.train_and_evaluate(STOPPING, resumed, verbose=0)
+    # Run again once it has stopped: nothing more to train.
+    out["again_metrics"] = train.train_and_evaluate(STOPPING, resumed, verbose=0)
+    return out
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weights(stopped):
+    metrics = stopped["straight_metrics"]
+    val = _read(stopped["straight"], "history.json")["val_elbo"]
+    best, run = metrics["best_epoch"], metrics["epochs_run"]
+    assert run < STOPPING.epochs and len(val) == run
+    assert best == int(np.argmax(val)) + 1 and best >= STOPPING.warmup_epochs
+    assert run == best + STOPPING.patience + 1            # patience epochs without a gain, then one more
+    # The end-of-run numbers are the best epoch's weights': evaluating the
+    # checkpoint (which restores them) repeats metrics.json exactly.
+    evaluated = evaluate.evaluate_workdir(stopped["straight"], k=STOPPING.eval_iwae_k,
+                                          batch_size=STOPPING.batch_size, probe=False,
+                                          output=os.path.join(stopped["straight"], "e.json"))
+    assert evaluated["best_epoch"] == best
+    for key in ("elbo", "reconstruction", "kl", "iwae_4"):
+        assert evaluated[key] == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_early_stopping_survives_a_resume_and_a_finished_run_trains_no_more(stopped):
+    a, b, again = (stopped[k] for k in ("straight_metrics", "resumed_metrics", "again_metrics"))
+    for key in ("elbo", "iwae_4", "best_epoch", "epochs_run", "steps"):
+        assert b[key] == a[key] and again[key] == a[key], key
+    assert _read(stopped["resumed"], "history.json") == _read(stopped["straight"], "history.json")

@@ -19,7 +19,7 @@ from tfp_vae.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("tfp_vae")
 
-__all__ = ["Checkpoints"]
+__all__ = ["BestEpoch", "Checkpoints"]
 
 
 class Checkpoints:
@@ -34,8 +34,9 @@ class Checkpoints:
 
     MAX_TO_KEEP = 3
 
-    def __init__(self, model, optimizer, directory: str):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    def __init__(self, model, optimizer, directory: str, **extra):
+        """extra: more trackable state saved with every checkpoint (`best=BestEpoch`)."""
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
         self.model = model
         self.directory = directory
         self.manager = self._manager()
@@ -95,3 +96,43 @@ class Checkpoints:
             raise TrainingDiverged(f"a weight became NaN or Inf by step {step}; the last good "
                                    f"checkpoint in {self.directory} is kept")
         self.manager.save(checkpoint_number=step)
+
+
+class BestEpoch(tf.Module):
+    """Early stopping's state: the best epoch so far by a validation number
+    (higher is better), that number, and a copy of the model's weights then.
+
+    A `tf.Module`, saved in every checkpoint beside the model (pass it to
+    `Checkpoints(..., best=...)`), so a resumed run keeps counting where the
+    stopped one was and still has the best epoch's weights.
+    """
+
+    def __init__(self, model):
+        super().__init__(name="best_epoch")
+        self.epoch = tf.Variable(-1, dtype=tf.int64, trainable=False)         # 0-based; -1: none
+        self.value = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
+        self.weights = [tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False)
+                        for w in model.weights]
+        self._model_weights = lambda: model.weights      # a lambda: not tracked twice
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Records `epoch` (0-based) if `value` beats the best; returns whether it did."""
+        if not value > float(self.value.numpy()):     # NaN never improves
+            return False
+        self.epoch.assign(epoch)
+        self.value.assign(value)
+        for copy, w in zip(self.weights, self._model_weights()):
+            copy.assign(w.numpy())
+        return True
+
+    def epochs_since(self, epoch: int, warmup_epochs: int = 0) -> int:
+        """Epochs after the best one up to `epoch` (0-based), counted from the
+        end of the warm-up only, as the reference implementation counts them."""
+        return int(epoch) - max(int(self.epoch.numpy()), int(warmup_epochs) - 1)
+
+    def restore(self) -> None:
+        """Puts the best epoch's weights into the model."""
+        if int(self.epoch.numpy()) < 0:
+            raise ValueError("no epoch has been recorded yet")
+        for copy, w in zip(self.weights, self._model_weights()):
+            w.assign(copy.numpy())

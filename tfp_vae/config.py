@@ -18,6 +18,7 @@ from tfp_vae.errors import ConfigError
 
 MODELS = ("vae", "ae", "pca")
 ARCHS = ("mlp", "conv")
+BODIES = ("relu", "gated")
 DECODERS = ("bernoulli", "normal")
 OBJECTIVES = ("elbo", "iwae")
 PRIORS = ("normal", "vamp", "mog")
@@ -25,7 +26,7 @@ BINARIZE = ("none", "static", "dynamic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
-__all__ = ["ARCHS", "BINARIZE", "Check", "Config", "ConfigError", "DECODERS", "MODELS",
+__all__ = ["ARCHS", "BINARIZE", "BODIES", "Check", "Config", "ConfigError", "DECODERS", "MODELS",
            "OBJECTIVES", "PRECISIONS", "PRESETS", "PRIORS", "STRATEGIES", "preset"]
 
 
@@ -83,6 +84,8 @@ class Config:
                                 check=POSITIVE_INT)
     arch: str = setting("mlp", "mlp, or conv (two stride-2 convolutions each way; H, W "
                         "divisible by 4).", choices=ARCHS)
+    body: str = setting("relu", "The MLP's layers: relu (Dense + ReLU) or gated (GatedDense, "
+                        "(W₁x + b₁) ⊙ σ(W₂x + b₂)).", choices=BODIES)
     latent_dim: int = setting(32, "K, the size of z.", check=POSITIVE_INT)
     hidden_units: tuple[int, ...] = setting((512, 512), "Widths of the MLP layers, e.g. "
                                             "512,512; '' for affine.", check=POSITIVE_INTS)
@@ -97,6 +100,9 @@ class Config:
                                 "set's labels (arch=mlp).")
     epochs: int = setting(30, "Passes over the training split.", check=POSITIVE_INT,
                           may_change=True)
+    patience: int = setting(0, "Early stopping: stop once the validation ELBO has not improved "
+                            "for N epochs after the warm-up, and keep the best epoch's "
+                            "weights; 0 trains every epoch.", check=NON_NEGATIVE)
     batch_size: int = setting(128, "Examples per step.", check=POSITIVE_INT)
     learning_rate: float = setting(1e-3, "Adam's step size.", check=POSITIVE)
     objective: str = setting("elbo", "elbo or iwae.", choices=OBJECTIVES)
@@ -140,6 +146,8 @@ class Config:
              "strategy=tpu needs the TPU's address (--tpu)")
         need(not (self.objective == "iwae" and self.free_bits > 0),
              "free_bits applies to the ELBO objective only; use objective=elbo")
+        need(self.body == "relu" or self.arch == "mlp", "body=gated is an MLP body; use "
+             "arch=mlp")
         if self.conditional:
             need(self.model == "vae", f"conditional applies to model=vae; got model={self.model}")
             need(self.arch == "mlp", "conditional needs arch=mlp (the label joins the "

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_vae import data, factory, files, input_pipeline, workdir as workdir_lib
-from tfp_vae.checkpoints import Checkpoints
+from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import Config
 from tfp_vae.errors import EvaluationError
 
@@ -121,6 +121,14 @@ def iwae_log_likelihood(vae, x: np.ndarray, k: int = 1000, *, seed: int = 0,
     return float(np.mean(values, dtype=np.float64)), values
 
 
+def _iwae_terms(vae, x, k: int, **kwargs) -> dict:
+    """iwae_{k}, the mean IWAE-k estimate over x, and iwae_{k}_stderr, its
+    standard error over the examples (sd / √N): nats."""
+    mean, values = iwae_log_likelihood(vae, x, k, **kwargs)
+    stderr = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return {f"iwae_{k}": mean, f"iwae_{k}_stderr": stderr}
+
+
 def latent_means(vae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """E_q(z|x)[z] for every example of x `[N, *data]`: `[N, K]`."""
     fn = tf.function(_as_model(vae, chunk_size=1).encode_mean)
@@ -178,8 +186,7 @@ def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None
     seed = config.seed if seed is None else seed
     xb = _inputs(vae, input_pipeline.evaluation_arrays(config, x), y)
     out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=config.jit)
-    out[f"iwae_{k}"], _ = iwae_log_likelihood(vae, xb, k, seed=seed, batch_size=batch_size,
-                                              jit=config.jit)
+    out.update(_iwae_terms(vae, xb, k, seed=seed, batch_size=batch_size, jit=config.jit))
     out["num_examples"] = int(len(x))
     return out
 
@@ -205,8 +212,18 @@ def default_output(workdir: str | None = None, saved_model: str | None = None) -
                         "saved_model_evaluation.json")
 
 
-def restore_vae(workdir: str, config: Config | None = None):
-    """The VAE of a run at its latest readable checkpoint: (vae, checkpoint path, step)."""
+class Restored(NamedTuple):
+    """A run's VAE as its latest readable checkpoint left it."""
+
+    vae: keras.Model
+    checkpoint: str            # the checkpoint's path
+    step: int                  # optimizer steps it was trained for
+    best_epoch: int | None     # with early stopping: the epoch (1-based) whose weights these are
+
+
+def restore_vae(workdir: str, config: Config | None = None) -> Restored:
+    """The VAE of a run at its latest readable checkpoint; with early stopping,
+    holding the best epoch's weights, as the run evaluated and exported it."""
     config = config or workdir_lib.run_config(workdir)
     if config.model != "vae":
         raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates VAEs")
@@ -217,11 +234,17 @@ def restore_vae(workdir: str, config: Config | None = None):
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)
-    restored = Checkpoints(vae, optimizer, workdir_lib.paths(workdir).checkpoints).restore()
+    best = BestEpoch(vae) if config.patience else None
+    restored = Checkpoints(vae, optimizer, workdir_lib.paths(workdir).checkpoints,
+                           **({"best": best} if best else {})).restore()
     if restored is None:
         raise EvaluationError(f"{workdir} has no readable checkpoint in checkpoints/; "
                               "train first (scripts/train.py --workdir=...)")
-    return vae, restored, int(optimizer.iterations.numpy())
+    best_epoch = None
+    if best is not None and int(best.epoch.numpy()) >= 0:
+        best.restore()
+        best_epoch = int(best.epoch.numpy()) + 1
+    return Restored(vae, restored, int(optimizer.iterations.numpy()), best_epoch)
 
 
 def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, seed: int | None,
@@ -236,8 +259,7 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     out = {"split": split, "num_examples": int(len(x)), "seed": seed, "batch_size": batch_size,
            "k": k, "jit": jit}
     out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
-    out[f"iwae_{k}"], _ = iwae_log_likelihood(model, xb, k, seed=seed, batch_size=batch_size,
-                                              jit=jit)
+    out.update(_iwae_terms(model, xb, k, seed=seed, batch_size=batch_size, jit=jit))
     count, variances = active_units(model, xb)
     out.update(active_units=count, latent_dim=int(len(variances)),
                active_unit_variances=[float(v) for v in variances])
@@ -267,9 +289,11 @@ def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_
     config = workdir_lib.run_config(workdir)
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
-    vae, checkpoint, step = restore_vae(workdir, config)
+    vae, checkpoint, step, best_epoch = restore_vae(workdir, config)
     out = {"source": "workdir", "path": workdir, "checkpoint": os.path.basename(checkpoint),
            "step": step, "dataset": config.dataset}
+    if best_epoch is not None:
+        out["best_epoch"] = best_epoch
     out.update(_evaluate(vae, config, k=k, split=split, batch_size=batch_size, seed=seed,
                          limit=limit, probe=probe, jit=jit))
     files.write_json(output or default_output(workdir=workdir), out)
@@ -307,4 +331,5 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
 
 __all__ = ["EvaluationError", "active_units", "default_output", "elbo_terms", "evaluate_model",
            "evaluate_saved_model", "evaluate_workdir", "is_conditional", "iwae_log_likelihood",
-           "latent_means", "linear_probe", "probe_accuracy", "restore_vae"]
+           "latent_means", "linear_probe", "probe_accuracy", "restore_vae",
+           "Restored"]

@@ -26,18 +26,25 @@ def _conv_shape(data_shape):
         raise ConfigError(f"arch=conv: {e}") from None
 
 
-def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
-    body = None
+def _body(config: Config, data_shape, role: str):
+    """The body `config` names for the "encoder" or the "decoder", or None for the
+    layer's own ReLU MLP of `hidden_units`."""
     if config.arch == "conv":
-        body = bodies.conv_encoder_body(_conv_shape(data_shape), name="body")
-    return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units, body=body,
-                                  name="encoder")
+        build = bodies.conv_encoder_body if role == "encoder" else bodies.conv_decoder_body
+        return build(_conv_shape(data_shape), name="body")
+    if config.body == "gated":
+        # The encoder's body sees the images unflattened: it flattens them itself.
+        return bodies.gated_mlp(config.hidden_units, flatten=role == "encoder", name="body")
+    return None
+
+
+def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
+    return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units,
+                                  body=_body(config, data_shape, "encoder"), name="encoder")
 
 
 def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
-    body = None
-    if config.arch == "conv":
-        body = bodies.conv_decoder_body(_conv_shape(data_shape), name="body")
+    body = _body(config, data_shape, "decoder")
     if config.decoder == "normal":
         return layers.NormalDecoder(data_shape, scale=decoder_scale(config), body=body,
                                     hidden_units=config.hidden_units, name="decoder")
@@ -93,12 +100,13 @@ def _ae_layers(config: Config, data_shape, tied: bool):
         decoder = keras.Sequential([bodies.conv_decoder_body(shape, name="body"),
                                     K.Conv2D(shape[-1], 1)], name="decoder")
         return encoder, decoder
-    body = bodies.mlp(config.hidden_units, name="body")
+    mlp = bodies.gated_mlp if config.body == "gated" else bodies.mlp
+    body = mlp(config.hidden_units, name="body")
     encoder = keras.Sequential([K.Flatten()] + ([body] if body else [])
                                + [K.Dense(config.latent_dim)], name="encoder")
     if tied:
         return encoder, TiedDecoder(data_shape, name="decoder")
-    body = bodies.mlp(config.hidden_units[::-1], name="body")
+    body = mlp(config.hidden_units[::-1], name="body")
     decoder = keras.Sequential(([body] if body else []) + [K.Dense(size), K.Reshape(data_shape)],
                                name="decoder")
     return encoder, decoder

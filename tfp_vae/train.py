@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfp_vae import (callbacks, evaluate, execution, export, factory, figures, files,
                      input_pipeline, summaries, workdir as workdir_lib)
-from tfp_vae.checkpoints import Checkpoints
+from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import Config
 from tfp_vae.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
@@ -52,13 +52,20 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
     strategy = execution.make_strategy(config)
     model, optimizer = build(config, splits, strategy)
     chief = execution.is_chief(strategy)
-    checkpoints = Checkpoints(model, optimizer, checkpoint_dir(paths, chief))
+    best = BestEpoch(model) if config.patience else None     # early stopping's state
+    checkpoints = Checkpoints(model, optimizer, checkpoint_dir(paths, chief),
+                              **({"best": best} if best else {}))
     start = restore(checkpoints, optimizer, paths, steps_per_epoch(config, splits))
-    history, seconds = train(model, config, splits, paths, checkpoints, start, chief=chief,
-                             verbose=_verbosity(verbose))
+    history, seconds = train(model, config, splits, paths, checkpoints, start, best=best,
+                             chief=chief, verbose=_verbosity(verbose))
+    if best is not None:
+        best.restore()              # evaluate and export the best epoch's weights
     metrics = evaluate.evaluate_model(model, config, splits.x_test, y=splits.y_test)
-    metrics.update(epochs=config.epochs, steps=int(optimizer.iterations.numpy()),
+    metrics.update(epochs=config.epochs, epochs_run=len(history.get("loss", [])),
+                   steps=int(optimizer.iterations.numpy()),
                    train_seconds_this_run=round(seconds, 2))
+    if best is not None:
+        metrics["best_epoch"] = int(best.epoch.numpy()) + 1
     if chief:
         write_artifacts(model, config, splits, history, metrics, paths)
     return metrics
@@ -116,10 +123,14 @@ def restore(checkpoints: Checkpoints, optimizer, paths: workdir_lib.Paths,
 
 
 def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_lib.Paths,
-          checkpoints: Checkpoints, start: Start, *, chief: bool = True,
-          verbose: int = 2) -> tuple[dict, float]:
+          checkpoints: Checkpoints, start: Start, *, best: BestEpoch | None = None,
+          chief: bool = True, verbose: int = 2) -> tuple[dict, float]:
     """Trains from `start` to `config.epochs`: one `fit` per epoch, then
     history, checkpoint, summaries and a line. Returns (history, seconds).
+
+    With `best` (early stopping), each epoch's validation ELBO updates it, and
+    training stops once `config.patience` epochs after the warm-up have not
+    beaten the best one; a resumed run that had stopped trains no more.
 
     One `fit` per epoch, not one for all: each epoch's data is its own pass
     (`input_pipeline.train_dataset`), and Keras' `steps_per_execution` loop
@@ -140,6 +151,13 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
     started = time.time()
     with callbacks.catch_signals(stop):
         for epoch in range(start.epoch, config.epochs):
+            if best is not None and best.epochs_since(epoch - 1, config.warmup_epochs) \
+                    > config.patience:
+                if verbose:
+                    print(f"early stopping: the validation ELBO has not improved for "
+                          f"{config.patience} epochs; the best is epoch "
+                          f"{int(best.epoch.numpy()) + 1}", flush=True)
+                break
             if config.warmup_epochs:
                 model.beta.assign(config.beta * min(1.0, epoch / config.warmup_epochs))
             ds = input_pipeline.train_dataset(config, x_train, epoch, y=y_train)
@@ -160,6 +178,8 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
                 checkpoints.save(step)
                 raise _interrupted(stop, step)
             logs["beta"] = float(model.beta.numpy())
+            if best is not None:
+                best.update(epoch, logs["val_elbo"])
             end_epoch(model, epoch, logs, history, paths, checkpoints, tb, chief=chief)
             if verbose:
                 print(f"epoch {epoch + 1}/{config.epochs}: train ELBO {logs['elbo']:.2f}, "
@@ -173,7 +193,8 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
 
 def end_epoch(model, epoch: int, logs: dict, history: dict, paths: workdir_lib.Paths,
               checkpoints: Checkpoints, tb: summaries.RunSummaries, *, chief: bool) -> None:
-    """Records a finished epoch: history.json, then the checkpoint, then summaries.
+    """Records a finished epoch: history.json, then the checkpoint (with early
+    stopping's state, updated before), then summaries.
 
     History first: a kill between the two leaves an epoch too many in it, which
     the resumed run cuts off; the other order would lose one.
