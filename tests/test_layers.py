@@ -165,3 +165,53 @@ def test_bad_arguments_raise_clear_errors(bad):
 def test_gaussian_encoder_returns_the_fast_sampling_normal():
     q = layers.GaussianEncoder(3, hidden_units=(8,))(_input(DATA_SHAPE, batch=2))
     assert isinstance(q, distributions.NdtriNormalDiag)
+
+
+# -- TFP's batch-shape rule: every leading axis is batch -------------------------------
+
+
+@pytest.mark.parametrize("name", ["encoder_mlp", "encoder_conv", "bernoulli_mlp",
+                                  "bernoulli_conv", "normal_diagonal"])
+def test_leading_axes_are_batch_and_match_one_call_per_slice(name):
+    make, in_shape, event = CASES[name]
+    layer = make()
+    x = _input(in_shape, batch=4 * 3).numpy().reshape((4, 3) + in_shape)     # [S, B, *in]
+    # Built by a first call with one batch axis (a decoder's z is a vector
+    # whatever the first call; an encoder can be given its data_shape instead).
+    one = layer(x[2])
+    assert one.batch_shape == (3,)
+    dist = layer(x)
+    assert dist.batch_shape == (4, 3) and dist.event_shape == event
+    np.testing.assert_allclose(dist.mean().numpy()[2], one.mean().numpy(), rtol=1e-5, atol=1e-6)
+    single = layer(x[2, 1])                            # no batch axis: batch []
+    assert single.batch_shape == ()
+    np.testing.assert_allclose(single.mean().numpy(), one.mean().numpy()[1], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_decoder_of_several_draws_is_each_draw_decoded_alone():
+    encoder = layers.GaussianEncoder(3, hidden_units=(16,), data_shape=DATA_SHAPE)
+    decoder = layers.BernoulliDecoder(DATA_SHAPE, hidden_units=(16,))
+    x = _input(DATA_SHAPE, batch=6)
+    z = encoder(x).sample(5, seed=(1, 2))                               # [5, 6, 3]
+    p = decoder(z)
+    assert p.batch_shape == (5, 6)
+    log_px = p.log_prob(x).numpy()                                      # x broadcasts: [5, 6]
+    for s in range(5):
+        np.testing.assert_allclose(log_px[s], decoder(z[s]).log_prob(x).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expects input of shape \[\.\.\., 3\]; got \[6, 4\]"):
+        decoder(tf.zeros([6, 4]))
+
+
+def test_an_encoder_given_its_data_shape_reads_a_first_call_with_sample_axes():
+    encoder = layers.GaussianEncoder(2, hidden_units=(8,), data_shape=DATA_SHAPE)
+    q = encoder(tf.zeros((7, 3) + DATA_SHAPE))
+    assert q.batch_shape == (7, 3)
+    with pytest.raises(ValueError, match="expects input of shape"):
+        encoder(tf.zeros([3, 64]))
+
+
+def test_a_decoder_first_called_with_sample_axes_reads_the_last_one_as_z():
+    decoder = layers.BernoulliDecoder(DATA_SHAPE, hidden_units=(8,))
+    assert decoder(tf.zeros([5, 3, 2])).batch_shape == (5, 3)     # built here: K = 2
+    assert decoder(tf.zeros([3, 2])).batch_shape == (3,)

@@ -144,10 +144,10 @@ def test_layers_name_the_expected_and_the_given_shape_at_trace_time():
     vae = factory.build_vae(TINY, SHAPE)
     elbo = tf.function(lambda x: vae.elbo(x, seed=(1, 2)).elbo)
     assert elbo(tf.zeros([3, *SHAPE])).shape == (3,)
-    cases = [(vae.encoder, [3, 16], "expects input of shape [B, 4, 4, 1]; got [3, 16]"),
-             (vae.encoder, list(SHAPE), "got [4, 4, 1] (no batch axis?)"),
-             (vae.decoder, [3, 5], "expects input of shape [B, 2]; got [3, 5]"),
-             (elbo, [3, 4, 5, 1], "expects input of shape [B, 4, 4, 1]; got [3, 4, 5, 1]")]
+    cases = [(vae.encoder, [3, 16], "expects input of shape [..., 4, 4, 1]; got [3, 16]"),
+             (vae.encoder, [4, 1], "expects input of shape [..., 4, 4, 1]; got [4, 1]"),
+             (vae.decoder, [3, 5], "expects input of shape [..., 2]; got [3, 5]"),
+             (elbo, [3, 4, 5, 1], "expects input of shape [..., 4, 4, 1]; got [3, 4, 5, 1]")]
     for fn, shape, expected in cases:
         with pytest.raises(ValueError) as error:
             fn(tf.zeros(shape))

@@ -45,6 +45,9 @@ class LogitBernoulli(tfd.Bernoulli):
             return super()._log_prob(event)
         logits = tf.convert_to_tensor(self.logits)
         event = tf.cast(event, logits.dtype)
+        if event.shape != logits.shape:    # x [B, ...] against the logits of [S, B] draws
+            shape = tf.broadcast_dynamic_shape(tf.shape(event), tf.shape(logits))
+            event, logits = tf.broadcast_to(event, shape), tf.broadcast_to(logits, shape)
         return -tf.nn.sigmoid_cross_entropy_with_logits(labels=event, logits=logits)
 
 

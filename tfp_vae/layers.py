@@ -53,7 +53,14 @@ def _inverse_softplus(y: float) -> float:
 
 
 class _DistributionLayer(keras.layers.Layer):
-    """Body + float32 head; subclasses say how head outputs become a distribution."""
+    """Body + float32 head; subclasses say how head outputs become a distribution.
+
+    The batch-shape rule of TFP's layers and Keras' Dense: an input is
+    `[..., *input_dims]`, every leading axis is batch, and the distribution
+    has those leading axes as its batch shape. `input_dims` come from the
+    constructor (a decoder's z is a vector, an encoder may be given its
+    `data_shape`) or else from the first build, which reads one batch axis.
+    """
 
     def __init__(self, hidden_units=(512, 512), body=None, activation="relu", **kwargs):
         super().__init__(**kwargs)
@@ -61,29 +68,45 @@ class _DistributionLayer(keras.layers.Layer):
         self.activation = activation
         self._user_body = body is not None
         self.body = body if body is not None else mlp(self.hidden_units, activation, name="body")
+        self._input_dims = None          # one example's input shape, settled by build
+
+    def _input_dims_from(self, input_shape) -> tuple:
+        """One example's input shape, from the first build's full input shape."""
+        return tuple(input_shape[1:])
 
     def _check_input(self, x):
-        """A clear ValueError at trace time when x is not `[B, *shape built for]`;
+        """A clear ValueError at trace time when x is not `[..., *input_dims]`;
         without it, a wrong shape surfaces as a Dense deep inside the body."""
-        expected = getattr(self, "_input_dims", None)
-        shape = tf.TensorShape(x.shape)
+        expected, shape = self._input_dims, tf.TensorShape(x.shape)
         if expected is None or shape.rank is None:
             return
-        got = shape.as_list()
-        if len(got) != len(expected) + 1 or any(
-                e is not None and g is not None and e != g for e, g in zip(expected, got[1:])):
+        got, n = shape.as_list(), len(expected)
+        if len(got) < n or any(e is not None and g is not None and e != g
+                               for e, g in zip(expected, got[len(got) - n:])):
             want = ", ".join("?" if d is None else str(d) for d in expected)
-            hint = " (no batch axis?)" if got == list(expected) else ""
             raise ValueError(f"{type(self).__name__} {self.name!r} expects input of shape "
-                             f"[B, {want}]; got {got}{hint}")
+                             f"[..., {want}]; got {got}")
 
-    def _features(self, x):
-        """Body output: [B, ...] in the layer's compute dtype."""
+    def _params(self, x):
+        """The head's parameters for x `[..., *input_dims]`: `[..., *params]`, in float32.
+
+        The leading axes are folded into one for the body and the head, and
+        unfolded again after them."""
+        x = tf.convert_to_tensor(x)
         self._check_input(x)
+        n = len(self._input_dims)
+        rank = x.shape.rank
+        dims = tf.shape(x)[rank - n:]
+        flat = tf.reshape(x, tf.concat([[-1], dims], 0))
         if not self._user_body:
             # The MLP body and the affine map act on flattened inputs.
-            x = keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))
-        return x if self.body is None else self.body(x)
+            flat = tf.reshape(flat, [-1, int(np.prod(self._input_dims))])
+        else:
+            flat.set_shape([None, *self._input_dims])
+        params = self._head_params(flat if self.body is None else self.body(flat))
+        out = tf.reshape(params, tf.concat([tf.shape(x)[:rank - n], tf.shape(params)[1:]], 0))
+        out.set_shape(x.shape[:rank - n].concatenate(params.shape[1:]))
+        return out
 
     def build(self, input_shape):
         # Build every sublayer by running once on a dummy batch: a user's body
@@ -91,9 +114,11 @@ class _DistributionLayer(keras.layers.Layer):
         # all variables to exist before weights are restored.
         if self.built:
             return
-        self._input_dims = tuple(None if d is None else int(d) for d in input_shape[1:])
-        dummy = tf.zeros([1] + [int(d) for d in input_shape[1:]], dtype=self.compute_dtype)
-        self._head_params(self._features(dummy))
+        if self._input_dims is None:
+            self._input_dims = tuple(None if d is None else int(d)
+                                     for d in self._input_dims_from(input_shape))
+        dummy = tf.zeros([1] + [int(d) for d in self._input_dims], dtype=self.compute_dtype)
+        self._params(dummy)
         self.built = True
 
     def get_config(self):
@@ -117,9 +142,10 @@ class _DistributionLayer(keras.layers.Layer):
 class GaussianEncoder(_DistributionLayer):
     """q(z|x) = N(loc(x), diag(scale(x)²)) as `tfd.MultivariateNormalDiag`.
 
-    Input `[B, *data_shape]` -> distribution with batch `[B]`, event
-    `[latent_dim]`. The head emits `params_size(latent_dim) = 2·latent_dim`
-    numbers: the loc, and the scale through softplus plus `min_scale`.
+    x `[..., *data_shape]` -> distribution with batch `[...]`, event
+    `[latent_dim]`: every leading axis is batch. The head emits
+    `params_size(latent_dim) = 2·latent_dim` numbers: the loc, and the scale
+    through softplus plus `min_scale`.
 
     Args:
       latent_dim: K, the size of z.
@@ -129,6 +155,8 @@ class GaussianEncoder(_DistributionLayer):
         say); it sees x unflattened and its output is flattened for the head.
       activation: the MLP's activation.
       min_scale: floor added to every scale.
+      data_shape: one example's shape, e.g. (28, 28, 1); without it the first
+        call reads its input as `[B, *data_shape]`.
 
     >>> q = GaussianEncoder(2, hidden_units=())(tf.zeros([3, 4]))
     >>> q.batch_shape, q.event_shape
@@ -136,10 +164,12 @@ class GaussianEncoder(_DistributionLayer):
     """
 
     def __init__(self, latent_dim, hidden_units=(512, 512), body=None, activation="relu",
-                 min_scale=_DEFAULT_MIN_SCALE, **kwargs):
+                 min_scale=_DEFAULT_MIN_SCALE, data_shape=None, **kwargs):
         super().__init__(hidden_units=hidden_units, body=body, activation=activation, **kwargs)
         if int(latent_dim) <= 0:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if data_shape is not None:
+            self._input_dims = tuple(int(d) for d in data_shape)
         self.latent_dim = int(latent_dim)
         self.min_scale = float(min_scale)
         self.head = keras.layers.Dense(self.params_size(self.latent_dim), dtype="float32",
@@ -154,18 +184,18 @@ class GaussianEncoder(_DistributionLayer):
         return self.head(flat)
 
     def call(self, x):
-        params = self._head_params(self._features(x))
-        loc, raw_scale = tf.split(params, 2, axis=-1)
+        loc, raw_scale = tf.split(self._params(x), 2, axis=-1)
         return NdtriNormalDiag(loc=loc, scale_diag=tf.math.softplus(raw_scale) + self.min_scale)
 
     def get_config(self):
         config = super().get_config()
-        config.update(latent_dim=self.latent_dim, min_scale=self.min_scale)
+        config.update(latent_dim=self.latent_dim, min_scale=self.min_scale,
+                      data_shape=None if self._input_dims is None else list(self._input_dims))
         return config
 
 
 class _Decoder(_DistributionLayer):
-    """z `[B, K]` -> a distribution with batch `[B]` and event `data_shape`."""
+    """z `[..., K]` -> a distribution with batch `[...]` and event `data_shape`."""
 
     _params_per_dim = 1
 
@@ -184,6 +214,9 @@ class _Decoder(_DistributionLayer):
     def params_size(cls, data_shape) -> int:
         return cls._params_per_dim * int(np.prod(data_shape))
 
+    def _input_dims_from(self, input_shape) -> tuple:
+        return tuple(input_shape[-1:])          # z is a vector: [..., K]
+
     def _head_params(self, features):
         """Head output shaped `[B, *data_shape, params_per_dim]`."""
         per_pixel = (len(self.data_shape) >= 2 and len(features.shape) == len(self.data_shape) + 1
@@ -201,7 +234,7 @@ class _Decoder(_DistributionLayer):
             params, (keras.ops.shape(params)[0],) + self.data_shape + (self._params_per_dim,))
 
     def call(self, z):
-        return self._distribution(self._head_params(self._features(z)))
+        return self._distribution(self._params(z))
 
     def get_config(self):
         config = super().get_config()
@@ -213,7 +246,7 @@ class _Decoder(_DistributionLayer):
 class BernoulliDecoder(_Decoder):
     """p(x|z) = Π Bernoulli(x_d; sigmoid(logits_d(z))) as `tfd.Independent`.
 
-    z `[B, K]` -> batch `[B]`, event `data_shape`; `log_prob(x)` is the
+    z `[..., K]` -> batch `[...]`, event `data_shape`; `log_prob(x)` is the
     negative binary cross-entropy in nats (defined for grey levels in [0, 1]
     too) and `mean()` the pixel probabilities.
 
@@ -232,7 +265,7 @@ class BernoulliDecoder(_Decoder):
 class NormalDecoder(_Decoder):
     """p(x|z) = Π N(x_d; loc_d(z), scale_d²) as `tfd.Independent(tfd.Normal)`.
 
-    z `[B, K]` -> batch `[B]`, event `data_shape`. With `scale=1.0`,
+    z `[..., K]` -> batch `[...]`, event `data_shape`. With `scale=1.0`,
     -log_prob(x) = ½‖x − loc‖² + const: the autoencoder's squared error.
 
     Args:
