@@ -27,7 +27,7 @@ def main(argv):
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # TensorFlow's INFO chatter off by default
-    if config.model != "vae":
+    if config.model in ("pca", "ae"):
         metrics = baselines.train_baseline(config, workdir, verbose=2)
         print(f"{config.model} (k = {config.latent_dim}): test reconstruction error "
               f"{metrics['reconstruction_squared_error']:.2f} (sum of squares per image); "

@@ -13,12 +13,13 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("bodies", "callbacks", "checkpoints", "cli", "config", "data", "distributions",
                "errors", "evaluate", "execution", "experiments", "export", "factory", "figures",
-               "files", "fused", "input_pipeline", "layers", "models", "objectives", "pca",
+               "files", "fused", "hvae", "input_pipeline", "layers", "models", "objectives", "pca",
                "plots", "priors", "summaries", "tied", "train", "workdir")
 _NAMES = {
     "GaussianEncoder": "layers", "BernoulliDecoder": "layers", "NormalDecoder": "layers",
     "DenseTranspose": "tied", "TiedDecoder": "tied", "VAE": "models",
-    "ConditionalVAE": "models", "Autoencoder": "models", "ELBO": "objectives", "PCA": "pca",
+    "ConditionalVAE": "models", "HierarchicalVAE": "hvae", "Autoencoder": "models",
+    "ELBO": "objectives", "PCA": "pca",
     "VampPrior": "priors", "MixturePrior": "priors",
 }
 __all__ = list(_SUBMODULES) + list(_NAMES)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
+import numpy as np
 
-__all__ = ["GatedDense", "check_conv_shape", "check_units", "conv_decoder_body", "conv_encoder_body",
+__all__ = ["Branched", "GatedDense", "branched", "check_conv_shape", "check_units", "conv_decoder_body", "conv_encoder_body",
            "gated_mlp", "mlp"]
 
 
@@ -87,7 +88,8 @@ class GatedDense(keras.layers.Layer):
                                                   name="linear_and_gate")
 
     def build(self, input_shape):
-        self.linear_and_gate.build(input_shape)
+        if not self.linear_and_gate.built:      # loading builds sublayers first
+            self.linear_and_gate.build(input_shape)
         self.built = True
 
     def call(self, x):
@@ -110,3 +112,68 @@ def gated_mlp(hidden_units: Sequence[int], flatten: bool = False, name: str | No
         return None
     return keras.Sequential(([keras.layers.Flatten()] if flatten else [])
                             + [GatedDense(u) for u in units], name=name)
+
+
+@keras.saving.register_keras_serializable(package="tfp_vae")
+class Branched(keras.layers.Layer):
+    """A body over a vector of joined parts: `[N, Σ sizes]` is split into its
+    parts, each goes through its own branch, the results are concatenated and
+    go through the trunk.
+
+    The reference hierarchical VAE reads (x, z₂) and (z₁, z₂) this way: one
+    hidden layer per input, then a joint one (Tomczak & Welling 2018). A
+    distribution layer over the concatenated vector can so take two inputs.
+    """
+
+    def __init__(self, sizes, branches, trunk=None, **kwargs):
+        super().__init__(**kwargs)
+        self.sizes = [int(s) for s in sizes]
+        if len(self.sizes) != len(branches) or any(s <= 0 for s in self.sizes):
+            raise ValueError(f"one positive size per branch; got sizes {sizes} for "
+                             f"{len(branches)} branches")
+        self.branches = list(branches)
+        self.trunk = trunk
+
+    def build(self, input_shape):
+        for size, branch in zip(self.sizes, self.branches):
+            if not branch.built:                # loading builds sublayers first
+                branch.build((None, size))
+        if self.trunk is not None and not self.trunk.built:
+            width = sum(int(b.compute_output_shape((None, s))[-1])
+                        for s, b in zip(self.sizes, self.branches))
+            self.trunk.build((None, width))
+        self.built = True
+
+    def call(self, x):
+        parts = keras.ops.split(x, list(np.cumsum(self.sizes)[:-1]), axis=-1)
+        h = keras.ops.concatenate([b(p) for b, p in zip(self.branches, parts)], axis=-1)
+        return h if self.trunk is None else self.trunk(h)
+
+    def get_config(self):
+        return {**super().get_config(), "sizes": self.sizes,
+                "branches": [keras.saving.serialize_keras_object(b) for b in self.branches],
+                "trunk": (None if self.trunk is None
+                          else keras.saving.serialize_keras_object(self.trunk))}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["branches"] = [keras.saving.deserialize_keras_object(b)
+                              for b in config["branches"]]
+        if config.get("trunk") is not None:
+            config["trunk"] = keras.saving.deserialize_keras_object(config["trunk"])
+        return cls(**config)
+
+
+def branched(sizes, hidden_units: Sequence[int], gated: bool = False,
+             name: str | None = None) -> Branched:
+    """A `Branched` body for inputs of `sizes`: each through a layer of
+    `hidden_units[0]` units, then the rest of `hidden_units` on the join;
+    gated or ReLU layers."""
+    units = check_units(hidden_units)
+    if not units:
+        raise ValueError("a branched body needs at least one hidden layer")
+    layer = (lambda u: GatedDense(u)) if gated else (
+        lambda u: keras.layers.Dense(u, activation="relu"))
+    trunk = (gated_mlp(units[1:]) if gated else mlp(units[1:])) if units[1:] else None
+    return Branched(sizes, [layer(units[0]) for _ in sizes], trunk, name=name)

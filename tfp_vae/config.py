@@ -16,7 +16,9 @@ from typing import Any, Callable, NamedTuple
 
 from tfp_vae.errors import ConfigError
 
-MODELS = ("vae", "ae", "pca")
+MODELS = ("vae", "hvae", "ae", "pca")
+# The models train.train_and_evaluate trains (the others are experiments.baselines).
+VARIATIONAL = ("vae", "hvae")
 ARCHS = ("mlp", "conv")
 BODIES = ("relu", "gated")
 DECODERS = ("bernoulli", "normal")
@@ -26,7 +28,7 @@ BINARIZE = ("none", "static", "dynamic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
-__all__ = ["ARCHS", "BINARIZE", "BODIES", "Check", "Config", "ConfigError", "DECODERS", "MODELS",
+__all__ = ["VARIATIONAL", "ARCHS", "BINARIZE", "BODIES", "Check", "Config", "ConfigError", "DECODERS", "MODELS",
            "OBJECTIVES", "PRECISIONS", "PRESETS", "PRIORS", "STRATEGIES", "preset"]
 
 
@@ -74,7 +76,8 @@ def setting(default, help: str, *, choices: tuple[str, ...] = (), check: Check |
 class Config:
     """Everything that defines a run. Units: epochs, examples, nats."""
 
-    model: str = setting("vae", "vae, ae (plain autoencoder) or pca.", choices=MODELS)
+    model: str = setting("vae", "vae, hvae (two stochastic layers, z1 and z2 each of "
+                         "latent_dim), ae (plain autoencoder) or pca.", choices=MODELS)
     dataset: str = setting("mnist_5k", "mnist_5k, fashion_mnist, a TFDS name or a path to an "
                            ".npz with x (and y).")
     data_dir: str | None = setting(None, "Where the data set's files are.", may_change=True)
@@ -148,6 +151,12 @@ class Config:
              "free_bits applies to the ELBO objective only; use objective=elbo")
         need(self.body == "relu" or self.arch == "mlp", "body=gated is an MLP body; use "
              "arch=mlp")
+        need(self.model != "hvae" or self.arch == "mlp", "model=hvae is built of MLPs; use "
+             "arch=mlp")
+        need(self.model != "hvae" or bool(self.hidden_units), "model=hvae needs hidden_units "
+             "(its joint layers read two inputs through a hidden layer each)")
+        need(self.model != "hvae" or self.free_bits == 0, "free_bits needs a factorised KL; "
+             "model=hvae has none")
         if self.conditional:
             need(self.model == "vae", f"conditional applies to model=vae; got model={self.model}")
             need(self.arch == "mlp", "conditional needs arch=mlp (the label joins the "

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tfp_vae import data, factory, files, input_pipeline, workdir as workdir_lib
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
-from tfp_vae.config import Config
+from tfp_vae.config import VARIATIONAL, Config
 from tfp_vae.errors import EvaluationError
 
 # Batch i of an evaluation uses seed (seed, _SEED_OFFSET + i); train's end-of-run
@@ -225,12 +225,13 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
     """The VAE of a run at its latest readable checkpoint; with early stopping,
     holding the best epoch's weights, as the run evaluated and exported it."""
     config = config or workdir_lib.run_config(workdir)
-    if config.model != "vae":
-        raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates VAEs")
+    if config.model not in VARIATIONAL:
+        raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates "
+                              f"{' and '.join(VARIATIONAL)} runs")
     shape = data.data_shape(config.dataset, data_dir=config.data_dir)
     classes = data.num_classes(config.dataset, data_dir=config.data_dir) if config.conditional \
         else None
-    vae = factory.build_vae(config, shape, classes)
+    vae = factory.build_model(config, shape, classes)
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)

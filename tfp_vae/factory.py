@@ -8,6 +8,7 @@ import numpy as np
 from tfp_vae import bodies, layers, priors
 from tfp_vae.config import Config
 from tfp_vae.errors import ConfigError
+from tfp_vae.hvae import HierarchicalVAE
 from tfp_vae.models import VAE, Autoencoder, ConditionalVAE
 from tfp_vae.tied import TiedDecoder
 
@@ -38,9 +39,12 @@ def _body(config: Config, data_shape, role: str):
     return None
 
 
-def build_encoder(config: Config, data_shape) -> keras.layers.Layer:
+def build_encoder(config: Config, data_shape, input_shape=None) -> keras.layers.Layer:
+    """q(z|x) for images `[..., *data_shape]`; `input_shape` is what it reads
+    when that is not the image itself (a conditional model's [x, onehot(y)])."""
     return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units,
-                                  body=_body(config, data_shape, "encoder"), name="encoder")
+                                  body=_body(config, data_shape, "encoder"), name="encoder",
+                                  data_shape=input_shape or data_shape)
 
 
 def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
@@ -72,16 +76,51 @@ def build_vae(config: Config, data_shape, num_classes: int | None = None) -> VAE
                   num_samples=config.num_samples, analytic_kl=config.analytic_kl,
                   beta=0.0 if config.warmup_epochs else config.beta, free_bits=config.free_bits,
                   objective=config.objective, seed=config.seed, name="vae")
-    encoder, decoder = build_encoder(config, data_shape), build_decoder(config, data_shape)
+    decoder = build_decoder(config, data_shape)
     if not config.conditional:
+        encoder = build_encoder(config, data_shape)
         vae = VAE(encoder, decoder, **kwargs)
         vae.build((None,) + tuple(data_shape))
         return vae
     if num_classes is None or int(num_classes) < 2:
         raise ConfigError(f"conditional needs a data set with labels of 2 or more classes; "
                           f"{config.dataset!r} has {num_classes or 'none'}")
+    # It reads the flattened image beside the label's one-hot code.
+    encoder = build_encoder(config, data_shape,
+                            input_shape=(int(np.prod(data_shape)) + int(num_classes),))
     vae = ConditionalVAE(encoder, decoder, num_classes=int(num_classes), **kwargs)
     vae.build(((None,) + tuple(data_shape), (None,)))
+    return vae
+
+
+def build_hvae(config: Config, data_shape):
+    """The hierarchical VAE of `config`, built: z₁ and z₂ both of `latent_dim`.
+
+    q(z₂|x) is the VAE's encoder; q(z₁|x, z₂) and p(x|z₁, z₂) read their two
+    inputs through a hidden layer each and then the rest of `hidden_units`
+    (`bodies.branched`); p(z₁|z₂) is an MLP encoder over z₂. With body=gated
+    this is the reference model of Tomczak & Welling 2018.
+    """
+    K, D = config.latent_dim, int(np.prod(data_shape))
+    gated = config.body == "gated"
+    joint = lambda sizes, name: bodies.branched(sizes, config.hidden_units, gated=gated,  # noqa
+                                                name=name)
+    encoder_z1 = layers.GaussianEncoder(K, body=joint([D, K], "body"), data_shape=(D + K,),
+                                        name="encoder_z1")
+    prior_z1 = layers.GaussianEncoder(K, hidden_units=config.hidden_units, data_shape=(K,),
+                                      body=bodies.gated_mlp(config.hidden_units) if gated
+                                      else None, name="prior_z1")
+    decoder_body = joint([K, K], "body")
+    if config.decoder == "normal":
+        decoder = layers.NormalDecoder(data_shape, scale=decoder_scale(config),
+                                       body=decoder_body, name="decoder")
+    else:
+        decoder = layers.BernoulliDecoder(data_shape, body=decoder_body, name="decoder")
+    vae = HierarchicalVAE(build_encoder(config, data_shape), encoder_z1, prior_z1, decoder,
+                          prior=build_prior(config, data_shape), num_samples=config.num_samples,
+                          beta=0.0 if config.warmup_epochs else config.beta,
+                          objective=config.objective, seed=config.seed, name="hvae")
+    vae.build((None,) + tuple(data_shape))
     return vae
 
 
@@ -129,6 +168,8 @@ def build_autoencoder(config: Config, data_shape, tied: bool = False) -> Autoenc
 def build_model(config: Config, data_shape, num_classes: int | None = None) -> keras.Model:
     if config.model == "vae":
         return build_vae(config, data_shape, num_classes)
+    if config.model == "hvae":
+        return build_hvae(config, data_shape)
     if config.model == "ae":
         return build_autoencoder(config, data_shape)
     raise NotImplementedError(f"model={config.model!r} is not built by this version")

@@ -74,10 +74,11 @@ def elbo(x: tf.Tensor, posterior: tfd.Distribution, decode: DecodeFn, prior: tfd
         kl = _free_bits_kl(posterior, prior, free_bits)
     else:
         kl = _kl(posterior, prior, z, analytic_kl)
-    return _terms(reconstruction, kl, beta)
+    return terms(reconstruction, kl, beta)
 
 
-def _terms(reconstruction: tf.Tensor, kl: tf.Tensor, beta=1.0) -> ELBO:
+def terms(reconstruction: tf.Tensor, kl: tf.Tensor, beta=1.0) -> ELBO:
+    """ELBO(reconstruction − β·kl, reconstruction, kl), in reconstruction's dtype."""
     kl = tf.cast(kl, reconstruction.dtype)
     beta = tf.cast(beta, reconstruction.dtype)
     return ELBO(elbo=reconstruction - beta * kl, reconstruction=reconstruction, kl=kl)
@@ -153,7 +154,7 @@ def iwae_objective(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: 
     z, d = _draws(x, posterior, decode, prior, seed=seed, num_samples=k)
     bound = tf.reduce_logsumexp(d.log_weights(), axis=0) - math.log(k)
     kl = _kl(posterior, prior, z, analytic_kl, log_q=d.log_qz, log_p=d.log_pz)
-    return bound, _terms(tf.reduce_mean(d.log_px_z, axis=0), kl)
+    return bound, terms(tf.reduce_mean(d.log_px_z, axis=0), kl)
 
 
 def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
@@ -161,18 +162,33 @@ def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
     """ln (1/k) Σ_i w_i with k = num_samples importance samples: `[B]` nats.
 
     The bound rises towards ln p(x) as k grows (Burda et al. 2016). Samples
-    are drawn `chunk_size` at a time and folded into a running logsumexp,
-    so memory is O(chunk_size · B) whatever k is; k = 5000 fits easily.
-    Gradients flow through it (the IWAE objective) when it runs in one chunk
-    or inside a tape. `num_samples` may be a scalar int32 tensor (a k chosen
-    at call time, as in the SavedModel's `iwae` signature); it then needs a
-    Python `chunk_size` and always takes the chunked path.
+    are drawn `chunk_size` at a time (`log_mean_weight`), so memory is
+    O(chunk_size · B) whatever k is; k = 5000 fits easily.
+    """
+    def draw(chunk_seed, n):
+        return log_weights(x, posterior, decode, prior, seed=chunk_seed, num_samples=n)
+
+    return log_mean_weight(draw, seed=seed, num_samples=num_samples, chunk_size=chunk_size,
+                           batch=tf.shape(x)[0], dtype=posterior.dtype)
+
+
+def log_mean_weight(draw: Callable[[tf.Tensor, int], tf.Tensor], *, seed, num_samples,
+                    chunk_size: int | None, batch, dtype) -> tf.Tensor:
+    """ln (1/k) Σ_i w_i, `[B]`, for k = num_samples log-weights drawn by
+    `draw(seed, n) -> ln w [n, B]`, `chunk_size` at a time.
+
+    The chunks are folded into a running logsumexp. Gradients flow through it
+    (the IWAE objective) when it runs in one chunk or inside a tape.
+    `num_samples` may be a scalar int32 tensor (a k chosen at call time, as in
+    the SavedModel's `iwae` signature); it then needs a Python `chunk_size`
+    and always takes the chunked path. Every model's bound is this one
+    function over its own log-weights.
     """
     if tf.is_tensor(num_samples):
         if chunk_size is None:
             raise ValueError("a tensor num_samples needs a Python int chunk_size")
         chunk = max(1, int(chunk_size))
-        log_k = tf.math.log(tf.cast(num_samples, posterior.dtype))
+        log_k = tf.math.log(tf.cast(num_samples, dtype))
     else:
         num_samples = int(num_samples)
         if num_samples < 1:
@@ -180,16 +196,13 @@ def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
         chunk = num_samples if chunk_size is None else max(1, min(int(chunk_size), num_samples))
         log_k = math.log(num_samples)
     if not tf.is_tensor(num_samples) and chunk == num_samples:
-        lw = log_weights(x, posterior, decode, prior, seed=seed, num_samples=num_samples)
-        return tf.reduce_logsumexp(lw, axis=0) - log_k
+        return tf.reduce_logsumexp(draw(seed, num_samples), axis=0) - log_k
 
     num_chunks = -(-num_samples // chunk)
     seeds = tfp.random.split_seed(seed, n=num_chunks)
-    batch = tf.shape(x)[0]
 
     def body(i, running_max, running_sum):
-        lw = log_weights(x, posterior, decode, prior, seed=tf.gather(seeds, i),
-                         num_samples=chunk)                                   # [chunk, B]
+        lw = draw(tf.gather(seeds, i), chunk)                                  # [chunk, B]
         # The last chunk may overrun k: its surplus draws get weight zero.
         valid = tf.range(chunk) + i * chunk < num_samples
         lw = tf.where(valid[:, tf.newaxis], lw, tf.constant(-float("inf"), lw.dtype))
@@ -198,7 +211,6 @@ def iwae_bound(x, posterior, decode: DecodeFn, prior, *, seed, num_samples: int,
                        + tf.reduce_sum(tf.exp(lw - new_max), axis=0))
         return i + 1, new_max, running_sum
 
-    dtype = posterior.dtype
     _, m, s = tf.while_loop(
         lambda i, *_: i < num_chunks, body,
         (tf.constant(0), tf.fill([batch], tf.constant(-float("inf"), dtype)),

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tfp_vae import (callbacks, evaluate, execution, export, factory, figures, files,
                      input_pipeline, summaries, workdir as workdir_lib)
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
-from tfp_vae.config import Config
+from tfp_vae.config import VARIATIONAL, Config
 from tfp_vae.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("tfp_vae")
@@ -43,8 +43,9 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
       TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was saved first.
       TrainingDiverged: a non-finite loss; the last good checkpoint is kept.
     """
-    if config.model != "vae":
-        raise ConfigError(f"train_and_evaluate trains model=vae; got {config.model!r}")
+    if config.model not in VARIATIONAL:
+        raise ConfigError(f"train_and_evaluate trains model={' or '.join(VARIATIONAL)}; got "
+                          f"{config.model!r}")
     workdir_lib.check(config, workdir)               # another run's: refused at once
     splits = input_pipeline.load_splits(config)      # checked before anything is written
     paths = workdir_lib.prepare(config, workdir)
