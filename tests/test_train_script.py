@@ -89,6 +89,9 @@ def test_one_epoch_leaves_every_artifact(runs):
     for name in figures.FIGURES:
         assert os.path.getsize(os.path.join(a, "figures", f"{name}.png")) > 0, name
     assert tf.saved_model.load(os.path.join(a, "saved_model")).signatures["elbo"] is not None
+    # TF Serving's layout: serving/<version> is the SavedModel, version = steps.
+    assert os.listdir(os.path.join(a, "serving")) == ["4"]
+    assert os.path.samefile(os.path.join(a, "serving", "4"), os.path.join(a, "saved_model"))
     metrics = runs["first_metrics"]
     for key in ("elbo", "reconstruction", "kl", "iwae_8"):
         assert math.isfinite(metrics[key]), key

@@ -127,7 +127,10 @@ class Config:
     eval_iwae_k: int = setting(100, "Importance samples for the test log-likelihood.",
                                check=POSITIVE_INT, may_change=True)
     figures: bool = setting(True, "Write figures at the end.", may_change=True)
-    export: bool = setting(True, "Export a SavedModel at the end.", may_change=True)
+    export: bool = setting(True, "Export a SavedModel at the end (and serving/<step>, TF "
+                           "Serving's layout of it).", may_change=True)
+    export_tflite: bool = setting(False, "Export model.tflite at the end: the decode and "
+                                  "encode signatures, for TFLite.", may_change=True)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

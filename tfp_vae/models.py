@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import objectives
+from tfp_vae import export, objectives
 from tfp_vae.config import OBJECTIVES
 from tfp_vae.distributions import LogitBernoulli, standard_normal_prior
 from tfp_vae.fused import FusedSteps
@@ -40,6 +40,32 @@ def _descend(model: keras.Model, tape: tf.GradientTape, loss: tf.Tensor) -> None
     model.optimizer.apply(grads, model.trainable_variables)
 
 
+class _Model(FusedSteps, keras.Model):
+    """What every model here shares beyond Keras: fused steps, and an `export`
+    that writes this package's serving signatures."""
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' `model.export`, writing the signatures of `tfp_vae.export`.
+
+        format "tf_saved_model": the SavedModel `export.export_saved_model`
+        writes (encode, decode, sample, reconstruct, elbo, iwae and
+        serving_default; an autoencoder's encode, decode and reconstruct);
+        "litert": the TFLite model of `export.export_tflite`. Other formats
+        are Keras' own, of the model's call.
+        """
+        if format == "tf_saved_model":
+            export.export_saved_model(self, filepath)
+        elif format == "litert":
+            export.export_tflite(self, filepath)
+        else:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        if verbose:
+            print(f"Saved {format} at {filepath}", flush=True)
+        return None
+
+
 def _inputs(data):
     """`x` from what a tf.data pipeline yields: x, (x,), (x, y) or (x, y, w)."""
     if isinstance(data, (tuple, list)):
@@ -48,7 +74,7 @@ def _inputs(data):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class VAE(FusedSteps, keras.Model):
+class VAE(_Model):
     """A variational autoencoder: q(z|x), p(x|z) and a prior p(z).
 
     Args:
@@ -267,7 +293,7 @@ AE_LOSSES = ("squared_error", "bernoulli")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Autoencoder(FusedSteps, keras.Model):
+class Autoencoder(_Model):
     """A deterministic autoencoder: codes = encoder(x), x̂ = decoder(codes).
 
     Args:

@@ -211,7 +211,8 @@ def end_epoch(model, epoch: int, logs: dict, history: dict, paths: workdir_lib.P
 
 def write_artifacts(model, config: Config, splits: input_pipeline.Splits, history: dict,
                     metrics: dict, paths: workdir_lib.Paths) -> None:
-    """metrics.json, then the figures and the SavedModel the config asks for."""
+    """metrics.json, then the figures, the SavedModel (with TF Serving's layout
+    beside it) and the TFLite model the config asks for."""
     files.write_json(paths.metrics, metrics)
     if config.figures:
         x = input_pipeline.evaluation_arrays(config, splits.x_test)
@@ -219,6 +220,10 @@ def write_artifacts(model, config: Config, splits: input_pipeline.Splits, histor
         write(model, x, splits.y_test, history, paths.figures, seed=config.seed)
     if config.export:
         export.export_saved_model(model, paths.saved_model)
+        export.serve_as_version(paths.saved_model, paths.serving,
+                                int(model.optimizer.iterations.numpy()))
+    if config.export_tflite:
+        export.export_tflite(model, paths.tflite)
 
 
 def _interrupted(stop: callbacks.StopOnSignal, step: int) -> TrainingInterrupted:

@@ -6,6 +6,8 @@
     workdir/tensorboard/     summaries
     workdir/figures/*.png    figures of the trained model
     workdir/saved_model/     the SavedModel export
+    workdir/serving/<step>   a link to it: TF Serving's layout (--model_base_path=workdir/serving)
+    workdir/model.tflite     with --export_tflite: the decode and encode signatures for TFLite
     workdir/metrics.json     the end-of-run test metrics
     workdir/evaluation.json  what scripts/evaluate.py wrote
 """
@@ -32,6 +34,8 @@ class Paths(NamedTuple):
     tensorboard: str
     figures: str
     saved_model: str
+    serving: str
+    tflite: str
     metrics: str
     evaluation: str
 
@@ -41,6 +45,7 @@ def paths(workdir: str) -> Paths:
     return Paths(root=workdir, config=join("config.json"), checkpoints=join("checkpoints"),
                  history=join("history.json"), tensorboard=join("tensorboard"),
                  figures=join("figures"), saved_model=join("saved_model"),
+                 serving=join("serving"), tflite=join("model.tflite"),
                  metrics=join("metrics.json"), evaluation=join("evaluation.json"))
 
 
