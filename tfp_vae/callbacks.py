@@ -1,7 +1,6 @@
-"""The Keras callbacks of a run that Keras does not have: stop on a signal, and
-a progress bar that counts the run's epochs.
-
-A non-finite loss is Keras' own `keras.callbacks.TerminateOnNaN`.
+"""The Keras callbacks Keras does not have: stop on a signal, and a progress bar
+that counts the steps that ran. A non-finite loss is Keras' own
+`keras.callbacks.TerminateOnNaN`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import threading
 
 import keras
 
-__all__ = ["EpochProgress", "StopOnSignal", "catch_signals"]
+__all__ = ["StepProgbar", "StopOnSignal", "catch_signals"]
 
 
 class StopOnSignal(keras.callbacks.Callback):
@@ -53,23 +52,45 @@ def catch_signals(stop: StopOnSignal):
             signal.signal(s, h)
 
 
-class EpochProgress(keras.callbacks.Callback):
-    """`keras.utils.Progbar` for one epoch of a run, headed "Epoch e/E".
+class StepProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting the steps that ran.
 
-    A run calls `fit` once per epoch (each epoch's data is a fresh dataset),
-    and Keras' own bar would head each of them "Epoch 1/1".
+    With `steps_per_execution` > 1 Keras reports the index of the last step an
+    execution could have run, so an epoch's last, partial execution (or an
+    epoch shorter than one execution) overshot the bar: "32/4", a negative
+    ETA. Here a training bar counts the optimizer's steps since the epoch
+    began; an evaluation bar stops at its known number of steps.
+
+    verbose: as `fit`'s (1 a bar, 2 a line per epoch). epochs: the number the
+    header "Epoch e/E" shows (default: `fit`'s `epochs`).
     """
 
-    def __init__(self, epoch: int, epochs: int, steps: int, verbose: int):
+    def __init__(self, verbose: int = 1, epochs: int | None = None):
         super().__init__()
-        self.bar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=(
-            "loss", "elbo", "reconstruction", "kl"), unit_name="step")
-        if verbose:
-            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+        self._verbosity, self._epochs = verbose, epochs
+        self._first_step = None
+
+    def set_params(self, params):
+        super().set_params({**params, "verbose": self._verbosity})
+        if self._epochs is not None:
+            self.epochs = self._epochs
+
+    def _steps_taken(self) -> int | None:
+        optimizer = getattr(self.model, "optimizer", None)
+        return None if optimizer is None else int(optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._first_step = self._steps_taken()
+        super().on_epoch_begin(epoch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        # With steps_per_execution > 1 Keras reports the batch index in
-        # strides; the last stride may overshoot the epoch's step count.
-        self.bar.update(min(batch + 1, self.bar.target),
-                        [(k, float(logs[k])) for k in ("loss", "kl") if k in logs])
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        elif self._first_step is not None:      # a stream of unknown length
+            batch = self._steps_taken() - self._first_step - 1
+        self._update_progbar(batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super().on_test_batch_end(batch, logs)

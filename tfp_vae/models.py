@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_vae import export, objectives
+from tfp_vae.callbacks import StepProgbar
 from tfp_vae.config import OBJECTIVES
 from tfp_vae.distributions import LogitBernoulli, standard_normal_prior
 from tfp_vae.fused import FusedSteps
@@ -41,8 +42,36 @@ def _descend(model: keras.Model, tape: tf.GradientTape, loss: tf.Tensor) -> None
 
 
 class _Model(FusedSteps, keras.Model):
-    """What every model here shares beyond Keras: fused steps, and an `export`
-    that writes this package's serving signatures."""
+    """What every model here shares beyond Keras: fused steps, a progress bar
+    that counts the steps that ran, a build config so that a `.keras` file
+    restores the optimizer, and an `export` of this package's signatures."""
+
+    def fit(self, *args, verbose="auto", callbacks=None, **kwargs):
+        """Keras' `fit`, its progress bar counting real steps (`callbacks.StepProgbar`)."""
+        verbose, callbacks = _own_progbar(verbose, callbacks)
+        return super().fit(*args, verbose=verbose, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, *args, verbose="auto", callbacks=None, **kwargs):
+        """Keras' `evaluate`, its progress bar stopping at the steps that ran."""
+        verbose, callbacks = _own_progbar(verbose, callbacks)
+        return super().evaluate(*args, verbose=verbose, callbacks=callbacks, **kwargs)
+
+    def _input_shape(self):
+        """The shape `build` takes, or None when the model cannot tell (then
+        Keras' own record of `build`'s last call is the build config)."""
+        return None
+
+    def get_build_config(self):
+        # Keras rebuilds a loaded model from this, and only a built model gets
+        # its optimizer's variables (moments, step count) back from the file.
+        # These models are often built by their first fit, not by build(), so
+        # Keras' own record can be missing: the shape is read off the model.
+        shape = self._input_shape()
+        return super().get_build_config() if shape is None else {"input_shape": shape}
+
+    def build_from_config(self, config):
+        if config and not self.built:
+            self.build(config["input_shape"])
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
@@ -64,6 +93,15 @@ class _Model(FusedSteps, keras.Model):
         if verbose:
             print(f"Saved {format} at {filepath}", flush=True)
         return None
+
+
+def _own_progbar(verbose, callbacks):
+    """(0, callbacks + a StepProgbar) for a `verbose` fit or evaluate: Keras
+    then adds no bar of its own. A CallbackList is Keras' own business."""
+    if isinstance(callbacks, keras.callbacks.CallbackList) or not verbose:
+        return verbose, callbacks
+    verbose = 1 if verbose == "auto" else verbose
+    return 0, list(callbacks or []) + [StepProgbar(verbose)]
 
 
 def _inputs(data):
@@ -260,6 +298,10 @@ class VAE(_Model):
     def metrics(self):
         return list(self._trackers.values())
 
+    def _input_shape(self):
+        shape = getattr(self.decoder, "data_shape", None)      # the images the model reads
+        return None if shape is None else (None, *shape)
+
     # -- serialisation -----------------------------------------------------------------
 
     def get_config(self):
@@ -375,8 +417,12 @@ class Autoencoder(_Model):
             raise ValueError("latent_dim is known once the model is built: call build() first")
         return self._latent_dim
 
+    def _input_shape(self):
+        return getattr(self, "_seen_input_shape", None)
+
     def build(self, input_shape):
         # Encoder first: a tied decoder needs the encoder's kernels to exist.
+        self._seen_input_shape = (None, *[int(d) for d in input_shape[1:]])
         x = tf.zeros([1] + [int(d) for d in input_shape[1:]])
         z = self.codes(x)
         self._latent_dim = int(z.shape[-1])
@@ -388,6 +434,8 @@ class Autoencoder(_Model):
     def losses_per_example(self, x) -> tuple[tf.Tensor, tf.Tensor]:
         """(loss `[B]`, squared error ‖x − x̂‖² `[B]`), both float32."""
         x = tf.cast(x, tf.float32)
+        if getattr(self, "_seen_input_shape", None) is None:    # built by its first fit
+            self._seen_input_shape = (None, *x.shape[1:])
         out = self.decoder_output(self.codes(x), like=x)
         axes = list(range(1, len(x.shape)))
         squared = tf.reduce_sum(tf.square(x - self._mean(out)), axis=axes)
@@ -503,6 +551,10 @@ class ConditionalVAE(VAE):
     def call(self, inputs):
         """The reconstruction `[B, *data]` at the posterior mean, for inputs (x, y)."""
         return self.decode(self.encode(inputs).mean(), inputs[1]).mean()
+
+    def _input_shape(self):
+        shape = super()._input_shape()
+        return None if shape is None else (shape, (None,))
 
     def build(self, input_shape):
         x_shape = input_shape[0] if isinstance(input_shape[0], (tuple, list)) else input_shape

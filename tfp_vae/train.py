@@ -164,9 +164,9 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
             ds = input_pipeline.train_dataset(config, x_train, epoch, y=y_train)
             fit = model.fit(ds.skip(offset) if offset else ds, initial_epoch=epoch,
                             epochs=epoch + 1, validation_data=val_ds, verbose=0, shuffle=False,
-                            callbacks=[stop, keras.callbacks.TerminateOnNaN(),
-                                       callbacks.EpochProgress(epoch, config.epochs,
-                                                               steps - offset, verbose)])
+                            callbacks=[stop, keras.callbacks.TerminateOnNaN()] + (
+                                [callbacks.StepProgbar(verbose, epochs=config.epochs)]
+                                if verbose else []))
             offset = 0
             step = int(model.optimizer.iterations.numpy())
             logs = {k: v[-1] for k, v in fit.history.items()}
