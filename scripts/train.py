@@ -21,6 +21,7 @@ def main(argv):
     del argv   # cli.run has refused positional arguments
     config, workdir = _FLAGS.config(), _FLAGS.workdir
     workdir_lib.check(config, workdir)           # another run's workdir: refused before TF loads
+    workdir_lib.lock(config, workdir).acquire()  # a busy one too; held until the process ends
     # TensorFlow loads here, once the flags and the workdir have been checked.
     from tfp_vae import train
     from tfp_vae.experiments import baselines

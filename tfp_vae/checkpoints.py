@@ -4,17 +4,24 @@
 adds the two guarantees a long run needs (README, "Reliability"): an
 unreadable newest checkpoint falls back to the one before it (and the bad
 ones leave the rotation, so later saves cannot rotate the good one away), and
-weights that are not finite are never saved.
+weights that are not finite are never saved. A save that fails (a full
+disk) removes what it had written and raises `WriteFailed`: the checkpoints
+before it are untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
+import os
+import shutil
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from tfp_vae import files
 from tfp_vae.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger("tfp_vae")
@@ -34,15 +41,20 @@ class Checkpoints:
 
     MAX_TO_KEEP = 3
 
-    def __init__(self, model, optimizer, directory: str, **extra):
-        """extra: more trackable state saved with every checkpoint (`best=BestEpoch`)."""
+    def __init__(self, model, optimizer, directory: str, *, restore_from: str | None = None,
+                 **extra):
+        """restore_from: where `restore` reads (default `directory`): a
+        multi-worker run's other workers save throw-away copies of their own
+        but resume from the chief's. extra: more trackable state saved with
+        every checkpoint (`best=BestEpoch`)."""
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
         self.model = model
         self.directory = directory
+        self.restore_from = restore_from or directory
         self.manager = self._manager()
 
-    def _manager(self) -> tf.train.CheckpointManager:
-        return tf.train.CheckpointManager(self.checkpoint, self.directory,
+    def _manager(self, directory: str | None = None) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self.checkpoint, directory or self.directory,
                                           max_to_keep=self.MAX_TO_KEEP)
 
     def restore(self) -> str | None:
@@ -51,12 +63,13 @@ class Checkpoints:
         Raises ConfigError when checkpoints exist but none can be read: starting
         afresh would rotate them away, so the user decides.
         """
-        paths = list(self.manager.checkpoints)
+        own = self.restore_from == self.directory
+        paths = list((self.manager if own else self._manager(self.restore_from)).checkpoints)
         if not paths:
             # A state file without timestamps (written by hand or another
             # tool) lists checkpoints the manager leaves out of its rotation
             # and of `checkpoints`: they are still this run's to resume.
-            state = tf.train.get_checkpoint_state(self.directory)
+            state = tf.train.get_checkpoint_state(self.restore_from)
             paths = list(state.all_model_checkpoint_paths) if state else []
         for i in reversed(range(len(paths))):
             try:
@@ -68,11 +81,11 @@ class Checkpoints:
                 log.warning("checkpoint %s is unreadable (%s); trying the previous one",
                             paths[i], str(e).splitlines()[0] if str(e) else type(e).__name__)
                 continue
-            if i < len(paths) - 1:
+            if i < len(paths) - 1 and own:
                 self._keep_only(paths[:i + 1])
             return paths[i]
         if paths:
-            raise ConfigError(f"none of the {len(paths)} checkpoints in {self.directory} can be "
+            raise ConfigError(f"none of the {len(paths)} checkpoints in {self.restore_from} can be "
                               "read (see the warnings above); move them away to start afresh, "
                               "or use another --workdir")
         return None
@@ -95,7 +108,29 @@ class Checkpoints:
         if not all(np.isfinite(v.numpy()).all() for v in self.model.weights):
             raise TrainingDiverged(f"a weight became NaN or Inf by step {step}; the last good "
                                    f"checkpoint in {self.directory} is kept")
-        self.manager.save(checkpoint_number=step)
+        try:
+            with files.writing(f"checkpoint ckpt-{step}", self.directory):
+                self.manager.save(checkpoint_number=step)
+        except BaseException:
+            self._remove_partial(step)
+            raise
+
+    def _remove_partial(self, step: int) -> None:
+        """Removes what a failed save of `step` left: TF's `ckpt-N_temp/`, a
+        half-written state file, and `ckpt-N.*` unless the state lists it."""
+        prefix = os.path.join(self.directory, f"ckpt-{step}")
+        leftovers = glob.glob(prefix + "_temp*") + glob.glob(
+            os.path.join(self.directory, "checkpoint.tmp*"))
+        state = tf.train.get_checkpoint_state(self.directory)
+        if state is None or not any(p.endswith(f"ckpt-{step}")
+                                    for p in state.all_model_checkpoint_paths):
+            leftovers += glob.glob(glob.escape(prefix) + ".*")
+        for path in leftovers:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
 
 
 class BestEpoch(tf.Module):

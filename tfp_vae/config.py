@@ -124,6 +124,10 @@ class Config:
     strategy: str = setting("default", "tf.distribute strategy.", choices=STRATEGIES,
                             may_change=True)
     tpu: str | None = setting(None, "TPU address for --strategy=tpu.", may_change=True)
+    collective_timeout: float = setting(
+        0.0, "multi_worker: seconds a collective may wait for a peer before the run stops "
+        "(0: no limit; a peer whose process dies or freezes is caught within ~10 s anyway, "
+        "by TF's heartbeats).", check=NON_NEGATIVE, may_change=True)
     eval_iwae_k: int = setting(100, "Importance samples for the test log-likelihood.",
                                check=POSITIVE_INT, may_change=True)
     figures: bool = setting(True, "Write figures at the end.", may_change=True)

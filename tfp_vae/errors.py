@@ -37,3 +37,26 @@ class TrainingDiverged(Error, RuntimeError):
 
     prefix = "diverged"
     exit_code = 3
+
+
+class WorkdirBusy(Error, RuntimeError):
+    """Another process is running in the workdir (it holds the workdir's lock)."""
+
+    prefix = "busy"
+    exit_code = 75          # sysexits' EX_TEMPFAIL: try again once the other run ends
+
+
+class WriteFailed(Error, OSError):
+    """An artifact could not be written (a full disk, a quota, a read-only
+    filesystem); the temporary files of that write are gone and every earlier
+    checkpoint is intact."""
+
+    prefix = "write failed"
+    exit_code = 74          # sysexits' EX_IOERR
+
+
+class WorkerLost(Error, RuntimeError):
+    """A peer of a multi-worker run stopped or stopped answering."""
+
+    prefix = "worker lost"
+    exit_code = 69          # sysexits' EX_UNAVAILABLE

@@ -8,22 +8,29 @@ import contextlib
 import json
 import logging
 import os
+import re
 
 import keras
 import tensorflow as tf
 
 from tfp_vae.config import Config
+from tfp_vae.errors import WorkerLost
 
 log = logging.getLogger("tfp_vae")
 
-__all__ = ["compile_model", "is_chief", "make_strategy", "precision_policy", "task_id"]
+__all__ = ["compile_model", "is_chief", "make_strategy", "peers_watched", "precision_policy",
+           "task_id"]
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:
     if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
     if config.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # A collective's own timeout catches a peer that hangs with its runtime
+        # alive (TF starts a thread per collective for it: off by default).
+        timeout = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=config.collective_timeout or None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=timeout)
     if config.strategy == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
         tf.config.experimental_connect_to_cluster(resolver)
@@ -93,3 +100,41 @@ def _replicas_on_cpus(strategy: tf.distribute.Strategy) -> bool:
         return False
     return (strategy.num_replicas_in_sync > 1
             and all(":CPU:" in d.upper() for d in devices))
+
+
+# What a collective raises when a peer is gone: UnavailableError once TF's
+# heartbeats find a task dead or frozen (~10 s), DeadlineExceededError after
+# --collective_timeout, and CancelledError / AbortedError in the ops that were
+# waiting alongside.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+@contextlib.contextmanager
+def peers_watched(strategy: tf.distribute.Strategy, resume_from: str):
+    """Under MultiWorkerMirroredStrategy, turns a collective's failure into one
+    `WorkerLost` line: which peer (task and address), and how to resume (the
+    chief's newest checkpoint in `resume_from`). Other strategies: no change."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        yield
+        return
+    try:
+        yield
+    except _PEER_ERRORS as e:
+        me = (resolver.task_type, int(resolver.task_id))
+        lost = [(job, int(task)) for job, task in re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)",
+                                                            str(e))
+                if (job, int(task)) != me]
+        peers = sorted(set(lost)) or [(job, i) for job, tasks in cluster.items()
+                                      for i in range(len(tasks)) if (job, i) != me]
+        named = ", ".join(f"{job} {i} ({cluster[job][i]})" for job, i in peers
+                          if job in cluster and i < len(cluster[job]))
+        why = ("did not answer within --collective_timeout"
+               if isinstance(e, tf.errors.DeadlineExceededError) else "stopped or froze")
+        latest = tf.train.latest_checkpoint(resume_from)
+        since = f"{os.path.basename(latest)}" if latest else "the start (no checkpoint yet)"
+        raise WorkerLost(f"{'peer' if len(peers) == 1 else 'peers'} {named or 'unknown'} "
+                         f"{why}; restart every worker with the same command: they resume "
+                         f"from the chief's {since}") from None

@@ -39,37 +39,44 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
 
     Raises:
       ConfigError: the workdir holds a run with other settings.
+      WorkdirBusy: another process is running in the workdir; nothing was changed.
       DataError: the data are missing or malformed.
       TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was saved first.
       TrainingDiverged: a non-finite loss; the last good checkpoint is kept.
+      WriteFailed: an artifact could not be written (a full disk); the
+        checkpoints before it are intact, and re-running resumes.
+      WorkerLost: a peer of a multi-worker run stopped or froze.
     """
     if config.model not in VARIATIONAL:
         raise ConfigError(f"train_and_evaluate trains model={' or '.join(VARIATIONAL)}; got "
                           f"{config.model!r}")
     workdir_lib.check(config, workdir)               # another run's: refused at once
-    splits = input_pipeline.load_splits(config)      # checked before anything is written
-    paths = workdir_lib.prepare(config, workdir)
-    keras.utils.set_random_seed(config.seed)
-    strategy = execution.make_strategy(config)
-    model, optimizer = build(config, splits, strategy)
-    chief = execution.is_chief(strategy)
-    best = BestEpoch(model) if config.patience else None     # early stopping's state
-    checkpoints = Checkpoints(model, optimizer, checkpoint_dir(paths, chief),
-                              **({"best": best} if best else {}))
-    start = restore(checkpoints, optimizer, paths, steps_per_epoch(config, splits))
-    history, seconds = train(model, config, splits, paths, checkpoints, start, best=best,
-                             chief=chief, verbose=_verbosity(verbose))
-    if best is not None:
-        best.restore()              # evaluate and export the best epoch's weights
-    metrics = evaluate.evaluate_model(model, config, splits.x_test, y=splits.y_test)
-    metrics.update(epochs=config.epochs, epochs_run=len(history.get("loss", [])),
-                   steps=int(optimizer.iterations.numpy()),
-                   train_seconds_this_run=round(seconds, 2))
-    if best is not None:
-        metrics["best_epoch"] = int(best.epoch.numpy()) + 1
-    if chief:
-        write_artifacts(model, config, splits, history, metrics, paths)
-    return metrics
+    with workdir_lib.lock(config, workdir):        # a busy one: refused at once too
+        splits = input_pipeline.load_splits(config)  # checked before anything is written
+        paths = workdir_lib.prepare(config, workdir)
+        keras.utils.set_random_seed(config.seed)
+        strategy = execution.make_strategy(config)
+        model, optimizer = build(config, splits, strategy)
+        chief = execution.is_chief(strategy)
+        best = BestEpoch(model) if config.patience else None     # early stopping's state
+        checkpoints = Checkpoints(model, optimizer, checkpoint_dir(paths, chief),
+                                  restore_from=paths.checkpoints,      # the chief's
+                                  **({"best": best} if best else {}))
+        start = restore(checkpoints, optimizer, paths, steps_per_epoch(config, splits))
+        with execution.peers_watched(strategy, paths.checkpoints):   # a lost worker: WorkerLost
+            history, seconds = train(model, config, splits, paths, checkpoints, start,
+                                     best=best, chief=chief, verbose=_verbosity(verbose))
+        if best is not None:
+            best.restore()              # evaluate and export the best epoch's weights
+        metrics = evaluate.evaluate_model(model, config, splits.x_test, y=splits.y_test)
+        metrics.update(epochs=config.epochs, epochs_run=len(history.get("loss", [])),
+                       steps=int(optimizer.iterations.numpy()),
+                       train_seconds_this_run=round(seconds, 2))
+        if best is not None:
+            metrics["best_epoch"] = int(best.epoch.numpy()) + 1
+        if chief:
+            write_artifacts(model, config, splits, history, metrics, paths)
+        return metrics
 
 
 # -- the steps of a run ------------------------------------------------------------------
