@@ -34,6 +34,10 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N examples (def
                               "run's limit).", lower_bound=1)
 _PROBE = flags.DEFINE_bool("probe", True, "Fit a linear probe on the training split's codes.")
 _JIT = flags.DEFINE_bool("jit", True, "Compile the evaluation with XLA.")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write the evaluation as a TensorBoard "
+                                 "run (its numbers, the codes in the Projector): "
+                                 "WORKDIR/tensorboard/evaluation_<split>, or beside the "
+                                 "SavedModel.")
 
 # (key, label, format) of the on-screen table, in order; absent keys are skipped.
 _ROWS = (
@@ -75,7 +79,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     options = dict(k=_K.value, split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
                    seed=_SEED.value, limit=_LIMIT.value, data_dir=_DATA_DIR.value,
-                   output=_OUTPUT.value, probe=_PROBE.value, jit=_JIT.value)
+                   output=_OUTPUT.value, probe=_PROBE.value, jit=_JIT.value,
+                   tensorboard=_TENSORBOARD.value)
     if _WORKDIR.value is not None:
         result = evaluate.evaluate_workdir(_WORKDIR.value, **options)
     else:
@@ -83,6 +88,9 @@ def main(argv):
     output = _OUTPUT.value or evaluate.default_output(_WORKDIR.value, _SAVED_MODEL.value)
     print(format_table(result))
     print(f"written to {output}")
+    if _TENSORBOARD.value:
+        logdir = evaluate.default_logdir(_WORKDIR.value, _SAVED_MODEL.value, _SPLIT.value)
+        print(f"and to TensorBoard: tensorboard --logdir {os.path.dirname(logdir)}")
     return 0
 
 

@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("bodies", "callbacks", "checkpoints", "cli", "config", "data", "distributions",
                "errors", "evaluate", "execution", "experiments", "export", "factory", "figures",
-               "files", "fused", "hvae", "input_pipeline", "layers", "models", "objectives", "pca",
-               "plots", "priors", "summaries", "tied", "train", "workdir")
+               "files", "fused", "hvae", "input_pipeline", "latent_use", "layers", "models",
+               "objectives", "pca", "plots", "priors", "projector", "summaries", "tied", "train",
+               "workdir")
 _NAMES = {
     "GaussianEncoder": "layers", "BernoulliDecoder": "layers", "NormalDecoder": "layers",
     "DenseTranspose": "tied", "TiedDecoder": "tied", "VAE": "models",

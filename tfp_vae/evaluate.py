@@ -23,7 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import data, factory, files, input_pipeline, workdir as workdir_lib
+from tfp_vae import (data, factory, files, input_pipeline, latent_use, summaries,
+                     workdir as workdir_lib)
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import VARIATIONAL, Config
 from tfp_vae.errors import EvaluationError
@@ -144,8 +145,7 @@ def active_units(vae, x: np.ndarray, threshold: float = 0.01,
     A dimension whose posterior mean ignores x is inactive: the model does
     not use it to carry information about x.
     """
-    variances = np.var(latent_means(vae, x, batch_size).astype(np.float64), axis=0)
-    return int(np.sum(variances > threshold)), variances
+    return latent_use.active_units(latent_means(vae, x, batch_size), threshold)
 
 
 def probe_accuracy(codes_train: np.ndarray, y_train: np.ndarray, codes_test: np.ndarray,
@@ -212,6 +212,17 @@ def default_output(workdir: str | None = None, saved_model: str | None = None) -
                         "saved_model_evaluation.json")
 
 
+def default_logdir(workdir: str | None = None, saved_model: str | None = None,
+                   split: str = "test") -> str:
+    """Where an evaluation's TensorBoard run goes: a run of the workdir's
+    `tensorboard/` (`evaluation_<split>`), or of one beside the SavedModel
+    directory (`saved_model_evaluation_<split>`)."""
+    if workdir is not None:
+        return os.path.join(workdir_lib.paths(workdir).tensorboard, f"evaluation_{split}")
+    return os.path.join(os.path.dirname(os.path.normpath(saved_model)), "tensorboard",
+                        f"saved_model_evaluation_{split}")
+
+
 class Restored(NamedTuple):
     """A run's VAE as its latest readable checkpoint left it."""
 
@@ -249,8 +260,11 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
 
 
 def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, seed: int | None,
-              limit: int | None, probe: bool, jit: bool) -> dict:
-    """Every number of an evaluation; images binarised as the run's evaluation data are."""
+              limit: int | None, probe: bool, jit: bool, logdir: str | None = None,
+              step: int = 0) -> dict:
+    """Every number of an evaluation; images binarised as the run's evaluation data are.
+    With `logdir`, also a TensorBoard run there: the numbers at `step` and the
+    posterior means in the Projector (`summaries.write_evaluation`)."""
     seed = config.seed if seed is None else seed
     x, y = input_pipeline.load_split(config, split, limit)
     # tf.data's fixed binarisation draw also depends on the global seed, which
@@ -261,7 +275,8 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
            "k": k, "jit": jit}
     out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
     out.update(_iwae_terms(model, xb, k, seed=seed, batch_size=batch_size, jit=jit))
-    count, variances = active_units(model, xb)
+    means = latent_means(model, xb)
+    count, variances = latent_use.active_units(means)
     out.update(active_units=count, latent_dim=int(len(variances)),
                active_unit_variances=[float(v) for v in variances])
     if probe and y is not None:
@@ -272,15 +287,21 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
             out["linear_probe_accuracy"] = linear_probe(
                 model, _inputs(model, input_pipeline.evaluation_arrays(config, x_train), y_train),
                 y_train, xb, y)
+    if logdir is not None:
+        # A HierarchicalVAE's encode is q(z2|x), its top layer (named as at a run's end).
+        summaries.write_evaluation(logdir, out, {"z2_mean" if config.model == "hvae"
+                                                 else "z_mean": means}, x, y, step=step)
     return out
 
 
 def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_size: int = 100,
                      seed: int | None = None, limit: int | None = None,
                      data_dir: str | None = None, output: str | None = None,
-                     probe: bool = True, jit: bool = True) -> dict:
+                     probe: bool = True, jit: bool = True, tensorboard: bool = True) -> dict:
     """Evaluates a run's latest checkpoint; writes the result to `output`
-    (default `workdir/evaluation.json`) and returns it.
+    (default `workdir/evaluation.json`) and returns it. With `tensorboard`,
+    also the TensorBoard run `workdir/tensorboard/evaluation_<split>`: the
+    numbers at the checkpoint's step, the codes in the Projector.
 
     ELBO, reconstruction, KL and iwae_{k} are nats per example over the
     split's first `limit` images (default: the run's limit); seed defaults to
@@ -296,7 +317,9 @@ def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_
     if best_epoch is not None:
         out["best_epoch"] = best_epoch
     out.update(_evaluate(vae, config, k=k, split=split, batch_size=batch_size, seed=seed,
-                         limit=limit, probe=probe, jit=jit))
+                         limit=limit, probe=probe, jit=jit, step=step,
+                         logdir=default_logdir(workdir=workdir, split=split) if tensorboard
+                         else None))
     files.write_json(output or default_output(workdir=workdir), out)
     return out
 
@@ -305,13 +328,15 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
                          split: str = "test", batch_size: int = 100, seed: int | None = None,
                          limit: int | None = None, data_dir: str | None = None,
                          output: str | None = None, probe: bool = True,
-                         jit: bool = True) -> dict:
+                         jit: bool = True, tensorboard: bool = True) -> dict:
     """Evaluates an exported SavedModel through its signatures (encode, elbo, iwae).
 
     The data set, binarisation, seed and limit come from `config`, by default
     the config.json of the run the SavedModel sits in (`path/../config.json`),
     else the defaults of `Config()`. Writes the result to `output` (default
-    `path/../saved_model_evaluation.json`) and returns it.
+    `path/../saved_model_evaluation.json`) and returns it; with `tensorboard`,
+    also the TensorBoard run `path/../tensorboard/saved_model_evaluation_<split>`
+    (the numbers at step 0, the codes in the Projector).
     """
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise EvaluationError(f"no SavedModel at {path} (no saved_model.pb); pass the "
@@ -325,12 +350,14 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
     model = tf.saved_model.load(path)
     out = {"source": "saved_model", "path": path, "dataset": config.dataset}
     out.update(_evaluate(model, config, k=k, split=split, batch_size=batch_size, seed=seed,
-                         limit=limit, probe=probe, jit=jit))
+                         limit=limit, probe=probe, jit=jit,
+                         logdir=default_logdir(saved_model=path, split=split) if tensorboard
+                         else None))
     files.write_json(output or default_output(saved_model=path), out)
     return out
 
 
-__all__ = ["EvaluationError", "active_units", "default_output", "elbo_terms", "evaluate_model",
-           "evaluate_saved_model", "evaluate_workdir", "is_conditional", "iwae_log_likelihood",
-           "latent_means", "linear_probe", "probe_accuracy", "restore_vae",
+__all__ = ["EvaluationError", "active_units", "default_logdir", "default_output", "elbo_terms",
+           "evaluate_model", "evaluate_saved_model", "evaluate_workdir", "is_conditional",
+           "iwae_log_likelihood", "latent_means", "linear_probe", "probe_accuracy", "restore_vae",
            "Restored"]

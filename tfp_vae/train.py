@@ -76,6 +76,7 @@ def train_and_evaluate(config: Config, workdir: str, *, verbose: int | None = No
             metrics["best_epoch"] = int(best.epoch.numpy()) + 1
         if chief:
             write_artifacts(model, config, splits, history, metrics, paths)
+            summaries.write_run_end(paths.tensorboard, model, config, splits, metrics)
         return metrics
 
 
@@ -152,7 +153,7 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
     val_ds = input_pipeline.eval_dataset(config, splits.x_val, y=splits.labels("validation"))
     tb = summaries.RunSummaries(
         paths.tensorboard, config,
-        input_pipeline.evaluation_arrays(config, splits.x_val[:summaries.TB_IMAGES]),
+        input_pipeline.evaluation_arrays(config, splits.x_val[:summaries.LATENT_EXAMPLES]),
         splits.labels("validation"), splits.num_classes)
     history, offset = dict(start.history), start.offset
     stop = callbacks.StopOnSignal()

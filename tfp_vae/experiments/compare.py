@@ -22,7 +22,9 @@ latent size k, then measures on the test split:
   transfer        (optional) few-label classifiers on the AE's and the VAE's
                   encoders vs from scratch (`tfp_vae.transfer`).
 
-It writes `report.md`, `metrics.json` and `figures/*.png` into the workdir.
+It writes `report.md`, `metrics.json` and `figures/*.png` into the workdir,
+and each model and latent size as a TensorBoard HParams session,
+`tensorboard/<model>_k<k>/` (`write_tensorboard`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_vae import factory, files, plots, workdir as workdir_lib
+from tfp_vae import factory, files, plots, summaries, workdir as workdir_lib
 from tfp_vae.experiments import baselines, transfer
 from tfp_vae.config import Config
 from tfp_vae.errors import ConfigError
@@ -263,7 +265,30 @@ def run(config: Config, workdir: str, ks: Sequence[int] = (2, 8, 32), *,
     files.write_json(os.path.join(workdir, "metrics.json"), metrics)
     with files.atomic_write(os.path.join(workdir, "report.md")) as f:
         f.write(report_markdown(metrics, command))
+    write_tensorboard(results, config, workdir)
     return metrics
+
+
+def write_tensorboard(results: dict, config: Config, workdir: str) -> None:
+    """Each model at each latent size as an HParams session of its own,
+    `workdir/tensorboard/<model>_k<k>/`, as a training run writes its end
+    (`summaries.write_session`): the config with that model and latent_dim,
+    and the test measurements as test/* scalars. So `tensorboard --logdir
+    runs/` lists them in one table with the training runs beside them.
+
+    results: model -> k -> the measurements of `measure` (the final training
+    loss is left out: it is no test number).
+    """
+    for name, by_k in results.items():
+        for k, numbers in by_k.items():
+            session = f"{name}_k{k}"
+            # Written whole: a re-run's session replaces the last one's.
+            with files.atomic_directory(os.path.join(workdir, "tensorboard", session)) as run:
+                summaries.write_session(
+                    run, {**summaries.hparams(config.replace(latent_dim=int(k))), "model": name},
+                    {key: v for key, v in numbers.items() if key != "final_train_loss"},
+                    step=0 if name == "pca" else config.epochs,
+                    trial_id=os.path.join(os.path.normpath(workdir), session))
 
 
 def write_figures(coders: dict, models: Sequence[str], ks: Sequence[int], x, y,
