@@ -3,6 +3,7 @@
     python scripts/benchmark.py --output=benchmark.json
     python scripts/benchmark.py --idioms=tf_tutorial --steps=100 --repeats=3
     python scripts/benchmark.py --iwae_k=5000 --iwae_examples=1000   # bounded-memory IWAE
+    python scripts/benchmark.py --scaling           # memory and speed against the data's size
 
 The standard model: MLP 784-512-512, latent 32, Bernoulli decoder, batch 128,
 Adam(1e-3), on the 4,000 `mnist_5k` training digits. Measured after warm-up,
@@ -48,6 +49,11 @@ is the median over repeats of that repeat's training rate over that repeat's
 bound; `train_vs_best_flop_bound` divides the median rate by the bound of the
 best peak seen in the run instead.
 
+With --scaling, the benchmark measures instead how memory and speed grow with
+the data set (benchmarks/scaling.py): peak RSS and training examples/s of the
+standard model trained from a TFRecord stream of N 28x28 images (written to a
+temporary directory), and from the same number of images held in memory.
+
 Output: JSON on stdout (and in --output).
 """
 
@@ -55,6 +61,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -84,6 +91,15 @@ _INTRA = flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads
 _INTER = flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0: TF's).")
 _SPE = flags.DEFINE_integer("steps_per_execution", None,
                             "Override tfp_vae's steps_per_execution (default: the Config's).")
+_SCALING = flags.DEFINE_bool("scaling", False, "Measure the scaling table instead: peak RSS "
+                             "and training speed against the data set's size.")
+_SCALING_SIZES = flags.DEFINE_list("scaling_sizes", ["10000", "100000", "1000000"],
+                                   "--scaling: images in each TFRecord stream.")
+_SCALING_MEMORY = flags.DEFINE_list("scaling_memory_sizes", ["10000", "100000"],
+                                    "--scaling: images in each in-memory run.")
+_SCALING_STEPS = flags.DEFINE_integer("scaling_steps", 512, "--scaling: timed training steps.")
+_SCALING_DIR = flags.DEFINE_string("scaling_dir", None, "--scaling: where to write the "
+                                   "TFRecords (default: a temporary directory, removed after).")
 _PROBE = flags.DEFINE_string("probe", None, "Internal: run one measurement in this process "
                              "(memory:NAME or iwae) and print its JSON.")
 
@@ -101,7 +117,7 @@ def main(argv):
         raise app.UsageError(f"unknown --idioms {bad}; known: {', '.join(IDIOMS)}")
     # TensorFlow loads here, once the flags have been checked: a bad flag fails at once.
     import tensorflow as tf
-    from benchmarks import flops, harness, memory, report
+    from benchmarks import flops, harness, memory, report, scaling
     from benchmarks.standard import BATCH, heldout_arrays, training_arrays
 
     if _IWAE_K.value and not _PROBE.value:
@@ -111,13 +127,26 @@ def main(argv):
             raise app.UsageError(str(e)) from None
     harness.set_threads(_INTRA.value, _INTER.value)
     if _PROBE.value:
-        if _PROBE.value == "iwae":
+        if _PROBE.value.startswith("scaling:"):
+            path, n = _PROBE.value.split(":", 1)[1].rsplit(":", 1)
+            result = scaling.probe(path, int(n), _SCALING_STEPS.value, _WARMUP.value)
+        elif _PROBE.value == "iwae":
             result = harness.iwae_probe(_IWAE_K.value, _IWAE_EXAMPLES.value, _IWAE_BATCH.value)
         else:
             result = harness.memory_probe(_PROBE.value.split(":", 1)[1], _EVAL_K.value,
                                           _SPE.value)
         print(json.dumps(result))
         return 0
+
+    if _SCALING.value:
+        with tempfile.TemporaryDirectory() as temporary:
+            result = scaling.measure(
+                __file__, [int(n) for n in _SCALING_SIZES.value], _SCALING_STEPS.value,
+                _WARMUP.value, _SCALING_DIR.value or temporary,
+                [int(n) for n in _SCALING_MEMORY.value], probe_flags() + [
+                    f"--scaling_steps={_SCALING_STEPS.value}",
+                    f"--warmup_steps={_WARMUP.value}"])
+        return _emit(result, result["table"])
 
     model_flops = flops.model_flops()
     peak = flops.matmul_peak()
@@ -152,6 +181,12 @@ def main(argv):
         result["iwae_bounded_memory"], = memory.run_probes(__file__, [probe_flags() + [
             "--probe=iwae", f"--iwae_k={_IWAE_K.value}",
             f"--iwae_examples={_IWAE_EXAMPLES.value}", f"--iwae_batch={_IWAE_BATCH.value}"]])
+    return _emit(result)
+
+
+def _emit(result: dict, table: str | None = None) -> int:
+    """Prints the JSON (and writes it to --output), then the ratios (and a
+    table) on stderr."""
     text = json.dumps(result, indent=2, sort_keys=True)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
@@ -159,6 +194,8 @@ def main(argv):
     print(text)
     for key, value in sorted(result["ratios"].items()):
         print(f"# {key}: {value:.2f}x", file=sys.stderr)
+    if table:
+        print(table, file=sys.stderr)
     return 0
 
 

@@ -325,7 +325,8 @@ def _npz_cases(tmp_path):
         ("rank5.npz", lambda p: np.savez(p, x=np.zeros((20, 2, 2, 2, 2), np.uint8)), "rank 5"),
         ("flat.npz", lambda p: np.savez(p, x=np.zeros((20, 50), np.uint8)), "perfect square"),
         ("garbage.npz", lambda p: open(p, "wb").write(b"this is not a zip file"), "not a .npz"),
-        ("array.npy", lambda p: np.save(p, good), ".npy array"),
+        ("objects.npy", lambda p: np.save(p, np.array([None, 1]), allow_pickle=True),
+         "not a readable .npy"),
         ("broken.npz", lambda p: open(p, "wb").write(b"PK\x03\x04 truncated"), "not a readable .npz"),
     ]
 
@@ -338,6 +339,17 @@ def test_npz_errors_are_one_line_data_errors(tmp_path):
             data.load_arrays(path, "train")
         message = _assert_one_line(error)
         assert expected in message, (file_name, message)
+
+
+def test_npy_reads_memory_mapped_as_the_npz_of_its_x(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (40, 5, 5), np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)
+    assert isinstance(data._read_npz(str(tmp_path / "x.npy"))[0], np.memmap)
+    for split in data.SPLITS:
+        got, y = data.load_arrays(str(tmp_path / "x.npy"), split)
+        np.testing.assert_array_equal(got, data.load_arrays(str(tmp_path / "x.npz"), split)[0])
+        assert y is None and not isinstance(got, np.memmap)
 
 
 def test_npz_float_range_hint_only_for_grey_levels(tmp_path):

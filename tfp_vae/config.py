@@ -78,13 +78,19 @@ class Config:
 
     model: str = setting("vae", "vae, hvae (two stochastic layers, z1 and z2 each of "
                          "latent_dim), ae (plain autoencoder) or pca.", choices=MODELS)
-    dataset: str = setting("mnist_5k", "mnist_5k, fashion_mnist, a TFDS name or a path to an "
-                           ".npz with x (and y).")
+    dataset: str = setting("mnist_5k", "mnist_5k, fashion_mnist, a TFDS name, a path to an "
+                           ".npz with x (and y), a folder of PNG/JPEG images or TFRecord files "
+                           "(path/*.tfrecord).")
     data_dir: str | None = setting(None, "Where the data set's files are.", may_change=True)
     binarize: str = setting("dynamic", "none, static (x > 0.5) or dynamic (fresh draw each "
                             "epoch).", choices=BINARIZE)
     limit: int | None = setting(None, "Use only the first N examples of each split.",
                                 check=POSITIVE_INT)
+    image_size: str | None = setting(None, "Resize every image to H,W, e.g. 64,64 (needed "
+                                     "when a folder's or TFRecords' images differ in size).",
+                                     check=Check(lambda v: [u.strip().isdigit() and int(u) > 0
+                                                            for u in v.split(",")] == [True, True],
+                                                 "must be H,W: two positive integers, e.g. 64,64"))
     arch: str = setting("mlp", "mlp, or conv (two stride-2 convolutions each way; H, W "
                         "divisible by 4).", choices=ARCHS)
     body: str = setting("relu", "The MLP's layers: relu (Dense + ReLU) or gated (GatedDense, "

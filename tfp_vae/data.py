@@ -21,6 +21,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from tfp_vae import sources
 from tfp_vae.config import BINARIZE as BINARIZE_MODES
 from tfp_vae.errors import DataError
 
@@ -38,6 +39,7 @@ __all__ = [
     "load_arrays",
     "make_dataset",
     "num_classes",
+    "open_stream",
     "read_idx",
 ]
 
@@ -74,15 +76,34 @@ Arrays = tuple[np.ndarray, np.ndarray | None]
 # --------------------------------------------------------------------------
 
 
-def load_arrays(name: str, split: str, data_dir: str | None = None) -> Arrays:
+def open_stream(name: str, split: str, image_size=None) -> sources.Stream | None:
+    """One split of a folder or TFRecord source, indexed but not read
+    (:class:`sources.Stream`); None when `name` is another kind of source.
+
+    image_size: ``"H,W"`` (or a pair): every image is resized to it; without
+    it, every image must have the first one's size.
+    """
+    _check_split(split)
+    name = _check_name(name)
+    if name in KNOWN or not sources.is_stream_source(name):   # a folder named "mnist" is not
+        return None
+    return sources.open_stream(name, split, image_size)
+
+
+def load_arrays(name: str, split: str, data_dir: str | None = None, *, image_size=None,
+                limit: int | None = None) -> Arrays:
     """Loads one split of a data set into memory.
 
     Args:
-      name: ``"mnist_5k"``, ``"fashion_mnist"``, another TFDS name, or a path
-        to a ``.npz`` file (see the module docstring for each source's split).
+      name: ``"mnist_5k"``, ``"fashion_mnist"``, another TFDS name, a path
+        to a ``.npz`` file, a folder of images or TFRecord files (a file or a
+        pattern); docs/data.md gives each source's split.
       split: one of :data:`SPLITS`.
       data_dir: where to look for the files (Fashion-MNIST IDX files or a TFDS
         data directory). When given, nothing is downloaded.
+      image_size: ``"H,W"`` (or a pair): resize every image to H x W.
+      limit: keep only the first ``limit`` examples (a folder or TFRecords
+        then reads no more than those).
 
     Returns:
       ``(x, y)``: ``x`` float32 ``[N, H, W, C]`` with values in ``[0, 1]``;
@@ -92,15 +113,24 @@ def load_arrays(name: str, split: str, data_dir: str | None = None) -> Arrays:
     Raises:
       DataError: unknown name or split, missing or corrupt files, bad arrays.
     """
-    _check_split(split)
+    stream = open_stream(name, split, image_size)
+    if stream is not None:
+        return stream.limited(limit).arrays()
     name = _check_name(name)
     if _is_npz(name):
-        return _load_npz(name, split)
-    if name == "mnist_5k":
-        return _load_mnist_5k(split)
-    if name == "fashion_mnist":
-        return _load_fashion_mnist(split, data_dir)
-    return _load_tfds(name, split, data_dir)
+        x, y = _load_npz(name, split)
+    elif name == "mnist_5k":
+        x, y = _load_mnist_5k(split)
+    elif name == "fashion_mnist":
+        x, y = _load_fashion_mnist(split, data_dir)
+    else:
+        x, y = _load_tfds(name, split, data_dir)
+    if limit is not None:
+        x, y = x[:limit], None if y is None else y[:limit]
+    size = sources.parse_size(image_size)
+    if size is not None and tuple(x.shape[1:3]) != size:
+        x = np.clip(tf.image.resize(x, size, antialias=True).numpy(), 0.0, 1.0)
+    return x, y
 
 
 def load(
@@ -115,6 +145,7 @@ def load(
     data_dir: str | None = None,
     limit: int | None = None,
     drop_remainder: bool = False,
+    image_size=None,
 ) -> tf.data.Dataset:
     """A tf.data pipeline over one split: one pass over it is one epoch.
 
@@ -122,6 +153,11 @@ def load(
     example indices (``reshuffle_each_iteration=True``, so every epoch has a
     new order and every run the same sequence of orders), batches them,
     gathers the batch, binarises it (vectorised) and prefetches.
+
+    A folder of images or TFRecord files is streamed instead
+    (:meth:`sources.Stream.dataset`): decoded as it is read, never held
+    whole; every pass over that dataset repeats one order and one set of
+    draws, fixed by ``seed`` (build one per epoch, with a new seed).
 
     Args:
       name: a data set name or a ``.npz`` path (see :func:`load_arrays`).
@@ -136,6 +172,7 @@ def load(
       limit: keep only the first ``limit`` examples of the split (taken before
         shuffling), e.g. for tiny test runs.
       drop_remainder: drop a last, smaller batch (the batch axis is then static).
+      image_size: ``"H,W"`` (or a pair): resize every image to H x W.
 
     Returns:
       A dataset of float32 ``x`` batches ``[B, H, W, C]`` in ``[0, 1]`` (in
@@ -152,14 +189,16 @@ def load(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -(2**63) <= seed < 2**63:
         raise DataError(f"seed must be an int that fits in int64, got {seed!r}")
     seed = int(seed)
-    x, y = load_arrays(name, split, data_dir=data_dir)
-    if with_labels and y is None:
-        raise DataError(f"data set {name!r} has no labels; call with with_labels=False")
-    if limit is not None:
-        x = x[:limit]
-        y = None if y is None else y[:limit]
     if shuffle is None:
         shuffle = split == "train"
+    stream = open_stream(name, split, image_size)
+    if stream is not None:
+        return stream.limited(limit).dataset(batch_size, seed=seed, shuffle=shuffle,
+                                             binarize=binarize, with_labels=with_labels,
+                                             drop_remainder=drop_remainder)
+    x, y = load_arrays(name, split, data_dir=data_dir, image_size=image_size, limit=limit)
+    if with_labels and y is None:
+        raise DataError(f"data set {name!r} has no labels; call with with_labels=False")
     return make_dataset(x, y if with_labels else None, batch_size, binarize=binarize,
                         shuffle=shuffle, seed=seed, drop_remainder=drop_remainder)
 
@@ -355,6 +394,8 @@ def data_shape(name: str, data_dir: str | None = None) -> tuple[int, ...]:
     name = _check_name(name)
     if name in ("mnist_5k", "fashion_mnist"):
         return (28, 28, 1)
+    if open_stream(name, "train") is not None:
+        return open_stream(name, "train").image_shape
     if _is_npz(name):
         return tuple(load_arrays(name, "train")[0].shape[1:])
     features = _tfds_builder(name, data_dir).info.features
@@ -371,6 +412,8 @@ def num_classes(name: str, data_dir: str | None = None) -> int | None:
     name = _check_name(name)
     if name in ("mnist_5k", "fashion_mnist"):
         return 10
+    if open_stream(name, "train") is not None:
+        return sources.num_classes(open_stream(name, "train"))
     if _is_npz(name):
         y = _read_npz(name)[1]
         return None if y is None or y.size == 0 else int(y.max()) + 1
@@ -664,7 +707,8 @@ def _check_unit_float(x: np.ndarray, where: str) -> np.ndarray:
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw, validated ``x`` and ``y`` (int64 [N] or None) of a .npz file; x not yet scaled."""
+    """Raw, validated ``x`` and ``y`` (int64 [N] or None) of a .npz file, or ``x``
+    of a .npy file (memory-mapped, no labels); x not yet scaled."""
     where = path
     if not os.path.isfile(path):
         raise DataError(f"no such file {path!r}; pass the path to a .npz file holding x (and optionally y)")
@@ -673,10 +717,22 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             magic = f.read(6)
     except OSError as e:
         raise DataError(f"cannot read {path!r} ({_one_line(e)}); check the path and its permissions") from None
-    if magic.startswith(b"\x93NUMPY"):
-        raise DataError(f"{where} is a .npy array, not a .npz archive; save it with np.savez(path, x=...)")
-    if not magic.startswith(b"PK"):
+    if magic.startswith(b"\x93NUMPY"):   # one array x, no labels; mapped, so only a split is read
+        try:
+            x, y = np.load(path, mmap_mode="r", allow_pickle=False), None
+        except (ValueError, OSError) as e:
+            raise DataError(f"{where} is not a readable .npy array ({_one_line(e)}); save it with "
+                            "np.save(path, x), or np.savez(path, x=..., y=...) with labels") from None
+    elif not magic.startswith(b"PK"):
         raise DataError(f"{where} is not a .npz (zip) archive; save it with np.savez(path, x=..., y=...)")
+    else:
+        x, y = _read_archive(path)
+    return _check_npz_arrays(x, y, where)
+
+
+def _read_archive(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """x and y (or None) of a .npz archive, as stored."""
+    where = path
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
@@ -699,7 +755,11 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(
             f"{where} is not a readable .npz archive ({_one_line(e)}); save it with np.savez(path, x=...)"
         ) from None
+    return x, y
 
+
+def _check_npz_arrays(x: np.ndarray, y: np.ndarray | None, where: str):
+    """Validated x (reshaped to [N, H, W, C], not yet scaled) and int64 y of a .npz/.npy."""
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: x has dtype {x.dtype}; store uint8 pixels (0..255) or floats in [0, 1]")
     if x.dtype.kind in "iu" and x.dtype != np.uint8:

@@ -8,26 +8,33 @@ end-of-run metrics and `scripts/evaluate.py` see the very same images.
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import data
+from tfp_vae import data, sources
 from tfp_vae.config import Config
 from tfp_vae.errors import DataError
 
 log = logging.getLogger("tfp_vae")
 
-__all__ = ["Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays", "load_split",
-           "load_splits", "train_dataset"]
+__all__ = ["CACHE_BYTES", "Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays",
+           "load_split", "load_splits", "train_dataset", "train_source"]
+
+CACHE_BYTES = int(os.environ.get("TFP_VAE_CACHE_BYTES", 512 * 2**20))
+"""A folder's or TFRecords' training split whose float32 images take at most
+this many bytes is read into memory and trained on as the other sources are
+(faster: nothing is decoded twice); a larger one is streamed from its files.
+The environment variable TFP_VAE_CACHE_BYTES sets it (0: always stream)."""
 
 
 class Splits(NamedTuple):
     """A run's three splits, each cut to `config.limit`; images float32 in [0, 1]."""
 
-    x_train: np.ndarray              # [N, H, W, C]
-    y_train: np.ndarray | None       # [N] int64, or None without labels
+    x_train: np.ndarray | sources.Stream  # [N, H, W, C]; a Stream (its labels in it) if streamed
+    y_train: np.ndarray | None       # [N] int64, or None without labels (or streamed)
     x_val: np.ndarray                # [N_val, H, W, C]
     y_val: np.ndarray | None         # [N_val]
     x_test: np.ndarray               # [N_test, H, W, C]
@@ -50,8 +57,25 @@ def load_split(config: Config, split: str, limit: int | None = None):
     """(x `[N, H, W, C]`, y `[N]` or None) of `split`, cut to `limit` (default:
     the run's limit)."""
     limit = config.limit if limit is None else limit
-    x, y = data.load_arrays(config.dataset, split, data_dir=config.data_dir)
-    return x[:limit], (None if y is None else y[:limit])
+    return data.load_arrays(config.dataset, split, data_dir=config.data_dir,
+                            image_size=config.image_size, limit=limit)
+
+
+def _train_split(config: Config):
+    """(x, y) of the training split: arrays, or a folder's or TFRecords' Stream
+    (y None) when its images would take more than CACHE_BYTES in memory."""
+    stream = data.open_stream(config.dataset, "train", config.image_size)
+    if stream is None:
+        return load_split(config, "train")
+    stream = stream.limited(config.limit)
+    size = stream.decoded_bytes
+    if size <= CACHE_BYTES:
+        log.info("%s: %d training images (%.0f MB as float32 <= %.0f MB): read into memory",
+                 config.dataset, len(stream), size / 2**20, CACHE_BYTES / 2**20)
+        return stream.arrays()
+    log.info("%s: %d training images (%.0f MB as float32 > %.0f MB): streamed from %d files",
+             config.dataset, len(stream), size / 2**20, CACHE_BYTES / 2**20, len(stream.files))
+    return stream, None
 
 
 def load_splits(config: Config) -> Splits:
@@ -61,10 +85,14 @@ def load_splits(config: Config) -> Splits:
     or, for a conditional run, has no labels.
     """
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        load_split(config, split) for split in data.SPLITS)
+        _train_split(config), load_split(config, "validation"), load_split(config, "test"))
+    streamed = isinstance(x_train, sources.Stream)
     for split, x in (("train", x_train), ("validation", x_val), ("test", x_test)):
-        check_split(config, split, x)
-    num_classes = _check_labels(config, {"train": y_train, "validation": y_val, "test": y_test})
+        if not isinstance(x, sources.Stream):    # a stream decodes to [0, 1] by construction
+            check_split(config, split, x)
+    num_classes = _check_labels(config, {
+        "train": x_train.has_labels if streamed else y_train is not None,
+        "validation": y_val is not None, "test": y_test is not None})
     if config.decoder == "bernoulli" and config.binarize == "none":
         # Bernoulli log-likelihoods of grey levels are cross-entropies, fine
         # for training but not likelihoods of the data; say so once.
@@ -86,13 +114,13 @@ def check_split(config: Config, split: str, x: np.ndarray) -> None:
     data.check_images(x, f"{config.dataset} ({split})", unit_interval=unit, fix=fix)
 
 
-def _check_labels(config: Config, labels: dict[str, np.ndarray | None]) -> int | None:
+def _check_labels(config: Config, labelled: dict[str, bool]) -> int | None:
     """The number of classes a conditional run's model takes (None unless
     `config.conditional`); raises DataError if a split has no labels."""
     if not config.conditional:
         return None
-    for split, y in labels.items():
-        if y is None:
+    for split, has_labels in labelled.items():
+        if not has_labels:
             raise DataError(f"{config.dataset} ({split}) has no labels; conditional needs "
                             "them (an .npz with y, or a labelled data set)")
     classes = data.num_classes(config.dataset, data_dir=config.data_dir)
@@ -111,11 +139,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
 _EVALUATION_EPOCH = -1
 
 
+def train_source(splits: Splits):
+    """(x, y) that every epoch's `train_dataset` reads: the training images and
+    labels (None unless conditional) as tensors, one copy for all epochs (a
+    new constant per epoch would grow memory by the data set's size each
+    epoch); or the split's Stream and None."""
+    if isinstance(splits.x_train, sources.Stream):
+        return splits.x_train, None
+    return (tf.constant(splits.x_train),
+            None if splits.num_classes is None else tf.constant(splits.y_train))
+
+
 def train_dataset(config: Config, x, epoch: int, y=None) -> tf.data.Dataset:
-    """Epoch `epoch`'s training batches `[B, *data]` (pairs with labels y): order
-    and binarisation draws are a fixed function of (seed, epoch), so a resumed
-    run rebuilds them exactly. The epoch is computed up front
-    (`data.epoch_dataset`): cheap to build anew."""
+    """Epoch `epoch`'s training batches `[B, *data]` (pairs with labels y; a
+    Stream x yields its own labels when `config.conditional`): order and
+    binarisation draws are a fixed function of (seed, epoch), so a resumed run
+    rebuilds them exactly. In memory, the epoch is computed up front
+    (`data.epoch_dataset`): cheap to build anew; a Stream decodes its files
+    as the epoch is read (`sources.Stream.dataset`)."""
+    if isinstance(x, sources.Stream):
+        return x.dataset(config.batch_size, seed=epoch_seed(config.seed, epoch), shuffle=True,
+                         binarize=config.binarize, with_labels=config.conditional)
     return data.epoch_dataset(x, config.batch_size, y=y, binarize=config.binarize, shuffle=True,
                               seed=epoch_seed(config.seed, epoch))
 

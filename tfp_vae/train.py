@@ -146,10 +146,7 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
     over one stream of epochs would run an execution across an epoch's end.
     """
     steps = steps_per_epoch(config, splits)
-    # One copy of the training set for every epoch's dataset (a new constant
-    # per epoch would grow memory by the data set's size each epoch).
-    x_train = tf.constant(splits.x_train)
-    y_train = None if splits.num_classes is None else tf.constant(splits.y_train)
+    x_train, y_train = input_pipeline.train_source(splits)   # in memory once, or a stream
     val_ds = input_pipeline.eval_dataset(config, splits.x_val, y=splits.labels("validation"))
     tb = summaries.RunSummaries(
         paths.tensorboard, config,

@@ -1,0 +1,122 @@
+"""Memory and speed against the data set's size: the standard model trained
+from a TFRecord stream of N 28x28 images, and from the in-memory path.
+
+The records are the 4,000 `mnist_5k` training digits, each PNG-encoded once
+and written again and again (with their labels) until there are N: images as
+a user's TFRecords hold them, written in seconds even for a million. Each
+measurement runs in a fresh process of its own, one after another (so none
+shares the CPU with another), and reports that process's peak RSS.
+"""
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import memory, ours
+from benchmarks.standard import training_arrays
+from tfp_vae import data, input_pipeline
+
+SHARD_RECORDS = 65_536          # records per TFRecord file
+
+
+def write_shards(directory: str, n: int) -> str:
+    """Writes n records as train-XXXXX.tfrecord shards (plus one small
+    validation and test file, so the train files are the train split whole);
+    returns the glob pattern of them all."""
+    x = training_arrays()
+    y = data.load_arrays("mnist_5k", "train")[1]
+    pixels = np.round(x * 255).astype(np.uint8)
+    records = [tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[tf.io.encode_png(p).numpy()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}))
+        .SerializeToString() for p, label in zip(pixels, y)]
+    os.makedirs(directory, exist_ok=True)
+    shards = -(-n // SHARD_RECORDS)
+    for s in range(shards):
+        with tf.io.TFRecordWriter(os.path.join(directory, f"train-{s:05d}.tfrecord")) as w:
+            for i in range(s * SHARD_RECORDS, min(n, (s + 1) * SHARD_RECORDS)):
+                w.write(records[i % len(records)])
+    for split in ("validation", "test"):
+        with tf.io.TFRecordWriter(os.path.join(directory, f"{split}.tfrecord")) as w:
+            for record in records[:256]:
+                w.write(record)
+    return os.path.join(directory, "*.tfrecord")
+
+
+def probe(path: str, n: int, steps: int, warmup: int) -> dict:
+    """In a fresh process: `steps` training steps of the standard model (after
+    `warmup` untimed ones) from the stream of the TFRecords at `path` or, for
+    path "memory", from n in-memory images; examples/s and peak RSS (MiB)."""
+    impl = ours.TfpVae(training_arrays()[:128])
+    config = impl.config
+    if path == "memory":      # as train.train keeps it: one tensor for every epoch's pass
+        x = training_arrays()
+        source = tf.constant(np.concatenate([x] * -(-n // len(x)))[:n])
+    else:       # indexed as train.train indexes it: one pass counts the records
+        start = time.perf_counter()
+        source = data.open_stream(path, "train")
+        assert len(source) == n, (len(source), n)
+        indexed = time.perf_counter() - start
+    per_epoch = -(-n // config.batch_size)
+    epoch = [0]
+
+    def train(total: int) -> int:
+        done = 0
+        while done < total:
+            take = min(total - done, per_epoch)
+            ds = input_pipeline.train_dataset(config, source, epoch[0]).take(take)
+            impl.model.fit(ds, initial_epoch=epoch[0], epochs=epoch[0] + 1, verbose=0,
+                           shuffle=False)
+            epoch[0] += 1
+            done += take
+        return done * config.batch_size
+
+    train(warmup)
+    start = time.perf_counter()
+    examples = train(steps)
+    seconds = time.perf_counter() - start
+    return {"path": "memory" if path == "memory" else "stream", "images": n,
+            "train_examples_per_sec": examples / seconds, "steps": steps,
+            "peak_rss_mb": memory.peak_rss_mb(),
+            **({} if path == "memory" else {"index_seconds": round(indexed, 2)})}
+
+
+def measure(script: str, sizes: list[int], steps: int, warmup: int, directory: str,
+            memory_sizes: list[int], extra_flags: list[str]) -> dict:
+    """Writes the shards of each size, then runs one probe per (path, size),
+    one after another; the table rows and the ratios the README quotes."""
+    rows = []
+    for n in sizes:
+        start = time.perf_counter()
+        pattern = write_shards(os.path.join(directory, f"n{n}"), n)
+        written = time.perf_counter() - start
+        row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:{pattern}:{n}"]])
+        rows.append({**row, "write_seconds": round(written, 1)})
+    for n in memory_sizes:
+        row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:memory:{n}"]])
+        rows.append(row)
+    stream = {r["images"]: r for r in rows if r["path"] == "stream"}
+    in_memory = {r["images"]: r for r in rows if r["path"] == "memory"}
+    ratios = {}
+    if len(stream) > 1:
+        small, large = min(stream), max(stream)
+        ratios[f"stream_rss_{large}_over_{small}"] = (stream[large]["peak_rss_mb"]
+                                                      / stream[small]["peak_rss_mb"])
+    for n in sorted(set(stream) & set(in_memory)):
+        ratios[f"stream_over_memory_speed_{n}"] = (stream[n]["train_examples_per_sec"]
+                                                   / in_memory[n]["train_examples_per_sec"])
+    return {"rows": rows, "ratios": ratios, "steps": steps, "warmup_steps": warmup,
+            "table": table(rows)}
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as the README's Markdown table."""
+    lines = ["| source | images | peak RSS (MiB) | training examples/s |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['path']} | {r['images']:,} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['train_examples_per_sec']:,.0f} |")
+    return "\n".join(lines)

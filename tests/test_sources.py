@@ -1,0 +1,285 @@
+"""Tests for tfp_vae.sources: a folder of images and TFRecord files as data sets.
+
+Offline: every test writes its own synthetic images (PNG, JPEG) or TFRecords
+into tmp_path, and checks what is read against what was written -- pixels,
+labels, splits -- and a streamed run resumed after SIGTERM against an
+uninterrupted one, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfp_vae import data, input_pipeline
+from tfp_vae.config import Config
+from tfp_vae.data import DataError
+
+
+def _image(key: str, shape) -> np.ndarray:
+    """uint8 pixels [H, W, C], a fixed function of `key`."""
+    return np.random.default_rng(zlib.crc32(key.encode())).integers(0, 256, shape, np.uint8)
+
+
+def _write_folder(root, classes=("ant", "bee", "cat"), per_class=20, shape=(8, 6, 1),
+                  encode=tf.io.encode_png, ext="png") -> dict[str, tuple[np.ndarray, int]]:
+    """Writes class sub-folders of images; {path: (pixels, label)}."""
+    written = {}
+    for label, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            path = os.path.join(root, name, f"{i:03d}.{ext}")
+            pixels = _image(path, shape)
+            tf.io.write_file(path, encode(pixels))
+            written[path] = (pixels, label)
+    return written
+
+
+def _example(pixels: np.ndarray, label: int | None) -> bytes:
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[tf.io.encode_png(pixels).numpy()]))}
+    if label is not None:
+        feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_records(path, n, shape=(8, 6, 3), labels=True) -> list[tuple[np.ndarray, int]]:
+    rows = [(_image(f"{path}:{i}", shape), i % 4) for i in range(n)]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for pixels, label in rows:
+            writer.write(_example(pixels, label if labels else None))
+    return rows
+
+
+def _as_rows(x: np.ndarray) -> set[bytes]:
+    return {np.round(row * 255).astype(np.uint8).tobytes() for row in x}
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert message and "\n" not in message, repr(message)
+    return message
+
+
+# ---------------------------------------------------------------- folders
+
+
+def test_folder_of_grey_pngs_pixels_labels_and_hashed_split(tmp_path):
+    written = _write_folder(tmp_path)
+    pixels = {p.tobytes(): label for p, label in written.values()}
+    seen = []
+    for split in data.SPLITS:
+        x, y = data.load_arrays(str(tmp_path), split)
+        assert x.shape[1:] == (8, 6, 1) and x.dtype == np.float32 and y.dtype == np.int64
+        for row, label in zip(x, y):      # each image exact, with its folder's label
+            key = np.round(row * 255).astype(np.uint8).tobytes()
+            assert pixels[key] == label
+            seen.append(key)
+    # The three splits are disjoint and cover every file; the rule is a hash of the
+    # file's path below the folder, so it is fixed (and train holds most).
+    assert sorted(seen) == sorted(pixels)
+    train = data.load_arrays(str(tmp_path), "train")[0]
+    assert 0.6 * len(written) < len(train) < 0.95 * len(written)
+    assert data.num_classes(str(tmp_path)) == 3 and data.data_shape(str(tmp_path)) == (8, 6, 1)
+
+
+def test_folder_split_subfolders_colour_and_validation_carved_from_train(tmp_path):
+    train = _write_folder(tmp_path / "train", classes=("a", "b"), shape=(5, 7, 3))
+    test = _write_folder(tmp_path / "test", classes=("a", "b"), per_class=4, shape=(5, 7, 3))
+    x_test, y_test = data.load_arrays(str(tmp_path), "test")
+    assert x_test.shape == (8, 5, 7, 3)                              # colour: C = 3
+    np.testing.assert_array_equal(np.round(x_test * 255).astype(np.uint8),
+                                  np.stack([p for p, _ in test.values()]))   # sorted order
+    np.testing.assert_array_equal(y_test, [label for _, label in test.values()])
+    x_train, _ = data.load_arrays(str(tmp_path), "train")
+    x_val, _ = data.load_arrays(str(tmp_path), "validation")
+    assert len(x_val) >= 1 and len(x_train) + len(x_val) == len(train)
+    assert _as_rows(x_train) | _as_rows(x_val) == {p.tobytes() for p, _ in train.values()}
+
+
+def test_folder_without_class_subfolders_has_no_labels_and_jpeg_reads_close(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    smooth = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None], (16, 1, 3))
+    for i in range(30):
+        tf.io.write_file(str(root / f"{i}.jpg"), tf.io.encode_jpeg(smooth, quality=95))
+    x, y = data.load_arrays(str(root), "train")
+    assert y is None and x.shape[1:] == (16, 16, 3)
+    assert np.abs(x[0] * 255 - smooth).mean() < 3          # lossy, but the same picture
+    assert data.num_classes(str(root)) is None
+
+
+def test_mixed_sizes_name_a_file_and_image_size_resizes(tmp_path):
+    _write_folder(tmp_path, classes=("a",), per_class=12, shape=(8, 8, 1))
+    odd = tmp_path / "a" / "zzz.png"
+    tf.io.write_file(str(odd), tf.io.encode_png(_image("odd", (9, 8, 1))))
+    with pytest.raises(DataError) as e:
+        for split in data.SPLITS:          # the odd file is in one of them
+            data.load_arrays(str(tmp_path), split)
+    message = _one_line(e)
+    assert str(odd) in message and "--image_size" in message
+    x, _ = data.load_arrays(str(tmp_path), "train", image_size="4,5")
+    assert x.shape[1:] == (4, 5, 1) and 0.0 <= x.min() and x.max() <= 1.0
+    # The resize is tf.image.resize's, image by image, in the split's index order.
+    first = data.open_stream(str(tmp_path), "train").files[0]
+    expected = tf.image.resize(tf.io.decode_png(tf.io.read_file(first)), (4, 5),
+                               antialias=True).numpy() / 255.0
+    np.testing.assert_allclose(x[0], expected, atol=1e-6)
+
+
+def test_empty_folder_and_unreadable_image_are_one_line_data_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        data.load_arrays(str(tmp_path / "empty"), "train")
+    root = tmp_path / "broken"
+    _write_folder(root, classes=("a",), per_class=12)
+    for name, junk in (("000.png", b"not a png at all"), ("011.png", b"\x89PNG truncated")):
+        bad = root / "a" / name          # the first of its split (the shape probe), or not
+        good = bad.read_bytes()
+        bad.write_bytes(junk)
+        with pytest.raises(DataError) as e:
+            for split in data.SPLITS:    # the file is in one of them
+                data.load_arrays(str(root), split)
+        assert str(bad) in _one_line(e) and "cannot be read" in _one_line(e)
+        bad.write_bytes(good)
+
+
+# ---------------------------------------------------------------- TFRecords
+
+
+def test_tfrecords_split_by_file_name_as_tfds_names_them(tmp_path):
+    # TFDS's own files: <name>-<split>.tfrecord-XXXXX-of-YYYYY, features image/label.
+    train = [r for k in range(2) for r in _write_records(
+        tmp_path / f"mnist-train.tfrecord-0000{k}-of-00002", 30)]
+    test = _write_records(tmp_path / "mnist-test.tfrecord-00000-of-00001", 10)
+    pattern = str(tmp_path / "mnist-*.tfrecord*")
+    x_test, y_test = data.load_arrays(pattern, "test")
+    np.testing.assert_array_equal(np.round(x_test * 255).astype(np.uint8),
+                                  np.stack([p for p, _ in test]))
+    np.testing.assert_array_equal(y_test, [label for _, label in test])
+    x_train, y_train = data.load_arrays(pattern, "train")
+    x_val, y_val = data.load_arrays(pattern, "validation")   # carved out of train, by a hash
+    assert len(x_val) >= 1 and len(x_train) + len(x_val) == len(train)
+    labels = {p.tobytes(): label for p, label in train}
+    for x, y in ((x_train, y_train), (x_val, y_val)):
+        assert [labels[np.round(r * 255).astype(np.uint8).tobytes()] for r in x] == list(y)
+    assert _as_rows(x_train) | _as_rows(x_val) == set(labels)
+    assert data.num_classes(pattern) == 4 and data.data_shape(pattern) == (8, 6, 3)
+    assert len(data.open_stream(pattern, "train")) == len(x_train)
+
+
+def test_tfrecord_errors_are_one_line(tmp_path):
+    with pytest.raises(DataError, match="no TFRecord files match"):
+        data.load_arrays(str(tmp_path / "*.tfrecord"), "train")
+    path = tmp_path / "x.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(tf.train.Example().SerializeToString())
+    with pytest.raises(DataError) as e:
+        data.load_arrays(str(path), "train")
+    assert "'image'" in _one_line(e)
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(DataError) as e:
+        data.load_arrays(str(path), "train")
+    assert str(path) in _one_line(e)
+
+
+# ---------------------------------------------------------------- streamed passes
+
+
+def test_stream_pass_is_a_fixed_function_of_its_seed_and_resumes_with_skip(tmp_path):
+    rows = _write_records(tmp_path / "a.tfrecord", 70, shape=(4, 4, 1))
+    _write_records(tmp_path / "b.tfrecord", 50, shape=(4, 4, 1))
+    stream = data.open_stream(str(tmp_path / "*.tfrecord"), "train")
+
+    def epoch(seed, skip=0):
+        ds = stream.dataset(8, seed=seed, binarize="dynamic", with_labels=True).skip(skip)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    first, again = epoch(3), epoch(3)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(first, again)) and len(first) == len(again)
+    assert not np.array_equal(first[0][1], epoch(4)[0][1])            # another order
+    resumed = epoch(3, skip=5)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first[5:], resumed))
+    assert set(np.unique(np.concatenate([x for x, _ in first])).tolist()) <= {0.0, 1.0}
+    # Every example once per pass, whatever the order: the labels' counts match.
+    plain = stream.dataset(8, seed=3, with_labels=True)
+    counts = np.bincount(np.concatenate([y for _, y in plain.as_numpy_iterator()]), minlength=4)
+    np.testing.assert_array_equal(counts, np.bincount(np.concatenate(
+        [y for _, y in stream.dataset(8, shuffle=False, with_labels=True).as_numpy_iterator()]),
+        minlength=4))
+    assert counts.sum() == len(stream) < len(rows) + 50
+
+
+def test_large_splits_stream_small_ones_are_cached(tmp_path, monkeypatch):
+    _write_folder(tmp_path, per_class=10)
+    config = Config(dataset=str(tmp_path), conditional=True)
+    cached = input_pipeline.load_splits(config)
+    assert isinstance(cached.x_train, np.ndarray)
+    monkeypatch.setattr(input_pipeline, "CACHE_BYTES", 0)
+    streamed = input_pipeline.load_splits(config)
+    assert streamed.data_shape == cached.data_shape == (8, 6, 1)
+    assert len(streamed.x_train) == len(cached.x_train) and streamed.num_classes == 3
+    batches = list(input_pipeline.train_dataset(config, input_pipeline.train_source(streamed)[0],
+                                                epoch=0).as_numpy_iterator())
+    x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    assert x.shape == cached.x_train.shape and sorted(y) == sorted(cached.y_train)
+
+
+# ---------------------------------------------------------------- a streamed run resumes exactly
+
+
+def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path, monkeypatch):
+    from test_faults import assert_same_state, finish, start
+
+    folder = tmp_path / "digits"
+    x, y = data.load_arrays("mnist_5k", "train", limit=200)
+    for i, (image, label) in enumerate(zip(x, y)):
+        os.makedirs(folder / str(label), exist_ok=True)
+        tf.io.write_file(str(folder / str(label) / f"{i:03d}.png"),
+                         tf.io.encode_png(np.round(image * 255).astype(np.uint8)))
+    monkeypatch.setenv("TFP_VAE_CACHE_BYTES", "0")          # stream it, small as it is
+    run = ["--dataset=" + str(folder), "--epochs=3", "--conditional", "--verbosity=0"]
+    ref, termed = str(tmp_path / "ref"), str(tmp_path / "termed")
+    reference, interrupted = start(ref, *run), start(termed, *run)
+
+    def terminate_in_epoch_2():
+        for line in interrupted.stdout:
+            if line.startswith("Epoch 2/"):
+                interrupted.terminate()
+                return
+
+    watcher = threading.Thread(target=terminate_in_epoch_2)
+    watcher.start()
+    watcher.join()
+    code, _, err = finish(interrupted)
+    assert code == 130, err
+    assert "streamed from" in err                            # the stream, not the cache
+    step = int(err.strip().splitlines()[-1].split(" at step ")[1].split(";")[0])
+    assert 64 < step < 128                                   # mid-epoch: skip() resumes it
+    code, out, err = finish(start(termed, *run))
+    assert code == 0 and f"Resuming from ckpt-{step}:" in out, err
+    code, _, err = finish(reference)
+    assert code == 0, err
+    final = os.path.join("checkpoints", "ckpt-192")          # 3 epochs of 64 steps
+    assert_same_state(os.path.join(ref, final), os.path.join(termed, final))
+
+
+def test_the_scaling_benchmark_writes_the_stream_it_says(tmp_path):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "scripts"))
+    from benchmarks import scaling
+
+    pattern = scaling.write_shards(str(tmp_path), 4100)      # the 4,000 digits, then again
+    x, y = data.open_stream(pattern, "train").arrays()
+    digits, labels = data.load_arrays("mnist_5k", "train")
+    assert x.shape == (4100, 28, 28, 1)
+    np.testing.assert_array_equal(np.round(x[:4000] * 255), np.round(digits * 255))
+    np.testing.assert_array_equal(x[4000:], x[:100])
+    np.testing.assert_array_equal(y[:4000], labels)

@@ -1,0 +1,431 @@
+"""Sources read from files as a stream: a folder of PNG/JPEG images and TFRecord
+files of encoded images (docs/data.md, "Your own data").
+
+A :class:`Stream` is one split of such a source: its index (the image files,
+or the TFRecord files), the shape every image is decoded to, and the number
+of examples. It builds tf.data passes over the split whose order and dynamic
+binarisation draws are a fixed function of a seed, so a resumed run rebuilds
+an epoch exactly; or it reads the split whole into memory. Only the index is
+ever held in memory, never the decoded images of a streamed pass.
+
+Every user-facing problem raises :class:`DataError` with a one-line message.
+This module never reads flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from tfp_vae.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_KEY", "LABEL_KEY", "SHUFFLE_BUFFER", "Stream",
+           "is_stream_source", "num_classes", "open_stream", "parse_size"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_KEY = "image"      # a TFRecord's tf.train.Example feature: encoded PNG/JPEG bytes
+LABEL_KEY = "label"      # optional int64 class label (TFDS's keys are the same)
+_TFRECORD = re.compile(r"\.(tfrecords?|tfrec)(-\d+-of-\d+)?$", re.IGNORECASE)
+_SPLIT_WORDS = {"train": "train", "validation": "validation", "valid": "validation",
+                "val": "validation", "dev": "validation", "test": "test"}
+# A split without its own folder or files: the hash bucket (of 10) of each
+# example's key that holds it -- stable when files are added or reordered.
+_BUCKETS = 10
+_HASHED = {"test": (0,), "validation": (1,), "train": tuple(range(2, _BUCKETS))}
+_CARVED = {"validation": (0,), "train": tuple(range(1, _BUCKETS))}  # validation out of train
+# Up to this many records shuffle in memory at once (TFRecords are read in
+# order, so a pass shuffles the file order and then through this buffer).
+SHUFFLE_BUFFER = 10_000
+_MISMATCH = "images differ in size"
+_PARALLEL = max(2, min(4, os.cpu_count() or 2))   # batches decoded at once
+
+
+def parse_size(image_size: str | tuple | None) -> tuple[int, int] | None:
+    """(H, W) of an ``"H,W"`` string (or a pair); None stays None."""
+    if image_size is None:
+        return None
+    parts = image_size.split(",") if isinstance(image_size, str) else list(image_size)
+    try:
+        h, w = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise DataError(f"image_size must be H,W (two positive ints), got {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise DataError(f"image_size must be H,W (two positive ints), got {image_size!r}")
+    return h, w
+
+
+def is_stream_source(name: str) -> bool:
+    """A folder, or a TFRecord file name or glob pattern (``path/*.tfrecord``)."""
+    return os.path.isdir(name) or bool(_TFRECORD.search(name)) or (
+        glob.has_magic(name) and any(_TFRECORD.search(f) for f in glob.glob(name)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stream:
+    """One split of a folder or TFRecord source, indexed but not read."""
+
+    source: str                      # the --dataset it came from
+    kind: str                        # "folder" or "tfrecord"
+    files: tuple[str, ...]           # image files (folder) or TFRecord files
+    labels: np.ndarray | None        # folder: int64 [N] class of each file; None: no labels
+    buckets: tuple[int, ...] | None  # tfrecord: keep records whose key hashes here; None: all
+    has_labels: bool
+    image_shape: tuple[int, int, int]  # (H, W, C) every image is decoded to
+    resize: bool                     # --image_size given: resize instead of checking sizes
+    classes: int | None              # folder: class sub-folders; tfrecord: None (counted)
+    limit: int | None = None         # tfrecord: only the first `limit` records, in file order
+
+    # -- the index -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        if self.kind == "folder":
+            return len(self.files)
+        n = _count_and_classes(self.files, self.buckets, self.has_labels)[0]
+        return n if self.limit is None else min(n, self.limit)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, H, W, C), as an array of the split would have."""
+        return (len(self),) + self.image_shape
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the whole split as float32 images."""
+        return len(self) * int(np.prod(self.image_shape)) * 4
+
+    def limited(self, limit: int | None) -> "Stream":
+        """The first `limit` examples of the split (index order), or all for None."""
+        if limit is None:
+            return self
+        if self.kind == "folder":
+            return dataclasses.replace(self, files=self.files[:limit], labels=self.labels[:limit])
+        return dataclasses.replace(self, limit=limit if self.limit is None else min(limit, self.limit))
+
+    # -- passes ----------------------------------------------------------------------------
+
+    def dataset(self, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                binarize: str = "none", with_labels: bool = False,
+                drop_remainder: bool = False) -> tf.data.Dataset:
+        """One pass over the split: float32 batches ``[B, H, W, C]`` in ``[0, 1]``
+        (pairs with int64 labels ``[B]`` when `with_labels`).
+
+        The order (a permutation of the files, then for TFRecords a shuffle
+        buffer of :data:`SHUFFLE_BUFFER` records) and the dynamic binarisation
+        draws (keyed by (seed, batch index)) are a fixed function of `seed`:
+        every iterator of this dataset, and every dataset built with the same
+        seed, repeats the same pass, and ``.skip(k)`` resumes it at batch k.
+        Records are batched before they are parsed and decoded: one map call
+        per batch (run in parallel, in order) costs far less than one per image.
+        """
+        if with_labels and not self.has_labels:
+            raise DataError(f"{self.source} has no labels; call with with_labels=False")
+        rng = np.random.default_rng(int(seed) % 2**63)
+        # A limit keeps the first records in file order: the files are then not permuted.
+        permute = shuffle and self.limit is None
+        order = rng.permutation(len(self.files)) if permute else np.arange(len(self.files))
+        if self.kind == "folder":
+            ds = self._folder_records(order)
+        else:
+            ds = self._tfrecord_records(order)
+            if self.limit is not None:
+                ds = ds.take(self.limit)
+            if shuffle:
+                ds = ds.shuffle(min(SHUFFLE_BUFFER, max(1, len(self))), seed=int(rng.integers(2**31)),
+                                reshuffle_each_iteration=False)
+        key = tf.constant(int(seed) % 2**31, tf.int64)
+
+        def decode(index, records):
+            x, y = self._decode_batch(records)
+            if binarize == "static":
+                x = tf.cast(x > 0.5, x.dtype)
+            elif binarize == "dynamic":
+                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([key, index]), dtype=x.dtype)
+                x = tf.cast(u < x, x.dtype)
+            return (x, y) if with_labels else x
+
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
+        # Fixed parallelism, autotune off: autotune's ramp-up on every epoch's
+        # fresh iterator stalls its first steps (docs/performance.md).
+        ds = ds.map(decode, num_parallel_calls=_PARALLEL, deterministic=True).prefetch(_PARALLEL)
+        options = tf.data.Options()
+        options.deterministic = True
+        options.autotune.enabled = False
+        return ds.with_options(options)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The split read whole, in index order: (x float32 ``[N, H, W, C]`` in
+        ``[0, 1]``, y int64 ``[N]`` or None)."""
+        ds = self.dataset(256, shuffle=False, with_labels=self.has_labels)
+        try:
+            parts = [b if self.has_labels else (b, None) for b in ds.as_numpy_iterator()]
+        except tf.errors.OpError as e:
+            raise self._read_error(e) from None
+        x = np.concatenate([p[0] for p in parts])
+        return x, (np.concatenate([p[1] for p in parts]) if self.has_labels else None)
+
+    # -- the pieces of a pass --------------------------------------------------------------
+
+    def _folder_records(self, order: np.ndarray) -> tf.data.Dataset:
+        """(encoded image, label) of each file, in `order`."""
+        files = tf.constant(np.asarray(self.files, dtype=object))
+        labels = tf.constant(self.labels if self.has_labels else np.zeros(len(self.files), np.int64))
+        return tf.data.Dataset.from_tensor_slices(order).map(
+            lambda i: (tf.io.read_file(files[i]), labels[i]),
+            num_parallel_calls=4 * _PARALLEL, deterministic=True)
+
+    def _tfrecord_records(self, order: np.ndarray) -> tf.data.Dataset:
+        """The serialized records of the files in `order` (4 files interleaved),
+        those of the split's hash buckets only when it has them."""
+        files = [self.files[i] for i in order]
+        buckets = self.buckets
+
+        def records(path):
+            ds = tf.data.TFRecordDataset(path)
+            if buckets is not None:
+                name = tf.strings.regex_replace(path, r"^.*/", "")
+                ds = ds.enumerate().filter(lambda i, _: _in_buckets(
+                    tf.strings.join([name, tf.strings.as_string(i)], ":"), buckets)).map(
+                    lambda _, r: r)
+            return ds
+
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if len(files) == 1:
+            return ds.flat_map(records)
+        return ds.interleave(records, cycle_length=min(4, len(files)),
+                             num_parallel_calls=min(4, len(files)), deterministic=True)
+
+    def _decode_batch(self, records):
+        """Images float32 ``[B, H, W, C]`` in [0, 1] and labels int64 ``[B]`` of a
+        batch of records: (encoded image, label) pairs of a folder, or
+        serialized tf.train.Examples."""
+        if self.kind == "folder":
+            encoded, labels = records
+        else:
+            encoded, labels = _parse(records, self.has_labels)
+        h, w, c = self.image_shape
+        dtype = tf.float32 if self.resize else tf.uint8
+
+        def one(encoded):
+            image = tf.io.decode_image(encoded, channels=c, expand_animations=False)
+            if self.resize:
+                return tf.image.resize(image, (h, w), antialias=True)
+            # An image of another size stops the pass here: TensorFlow's error
+            # gives its size, and Stream.arrays (which reads every split held in
+            # memory) names the file. A check that names it in the stream too
+            # (an Assert per image or per batch) costs a third of the speed.
+            return tf.ensure_shape(image, (h, w, c))
+
+        images = tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec((h, w, c), dtype),
+                           parallel_iterations=16)
+        images = tf.cast(images, tf.float32) / 255.0
+        return (tf.clip_by_value(images, 0.0, 1.0) if self.resize else images), labels
+
+    def _read_error(self, error: tf.errors.OpError) -> DataError:
+        """A one-line DataError naming the file `error` came from: the first
+        that cannot be decoded or (without --image_size) has another size."""
+        h, w, _ = self.image_shape
+        for path in self.files:
+            try:
+                encoded = ([tf.io.read_file(path)] if self.kind == "folder" else
+                           (_parse(r[None], self.has_labels)[0][0]
+                            for r in tf.data.TFRecordDataset(path)))
+                for image in encoded:
+                    size = tuple(tf.io.decode_image(image, expand_animations=False).shape[:2])
+                    if not self.resize and size != (h, w):
+                        return DataError(f"{path} holds a {size[0]}x{size[1]} image but the first "
+                                         f"is {h}x{w}: {_MISMATCH}; pass --image_size=H,W to "
+                                         "resize them")
+            except tf.errors.OpError as e:
+                return DataError(f"{path} cannot be read as {_what(self.kind)} ({_one_line(e)}); "
+                                 "replace or remove it")
+        return DataError(f"{self.source} cannot be read ({_one_line(error)})")
+
+
+# --------------------------------------------------------------------------
+# Opening a source: its index and the split rule
+# --------------------------------------------------------------------------
+
+
+def open_stream(name: str, split: str, image_size=None) -> Stream:
+    """One split of the folder or TFRecord source `name` (see docs/data.md for
+    the split rule), indexed: no image is decoded but the first."""
+    size = parse_size(image_size)
+    if os.path.isdir(name):
+        return _open_folder(name, split, size)
+    return _open_tfrecords(name, split, size)
+
+
+def _open_folder(root: str, split: str, size) -> Stream:
+    split_dirs = {_SPLIT_WORDS[d.lower()]: os.path.join(root, d) for d in sorted(os.listdir(root))
+                  if d.lower() in ("train", "validation", "val", "test")
+                  and os.path.isdir(os.path.join(root, d))}
+    if "train" in split_dirs:
+        if "test" not in split_dirs:
+            raise DataError(f"{root} has a train/ folder but no test/ folder; add one, or put "
+                            "all images in one tree for the hashed 80/10/10 split")
+        carve = split != "test" and "validation" not in split_dirs  # validation out of train/
+        base = split_dirs["train"] if carve else split_dirs[split]
+        buckets = _CARVED[split] if carve else None
+    else:
+        base, buckets = root, _HASHED[split]
+    files, labels, classes = _index_folder(base)
+    if buckets is not None:
+        keys = [os.path.relpath(f, base) for f in files]
+        keep = np.isin(tf.strings.to_hash_bucket_fast(keys, _BUCKETS).numpy(), buckets)
+        files = [f for f, k in zip(files, keep) if k]
+        labels = labels[keep]
+    if not files:
+        raise DataError(f"{root}: split {split!r} is empty (see the split rule in docs/data.md); "
+                        "add more images")
+    shape = _shape_of(tf.io.read_file(files[0]), files[0], size, "folder")
+    return Stream(root, "folder", tuple(files), labels, None, classes is not None, shape,
+                  size is not None, classes)
+
+
+def _index_folder(base: str):
+    """(sorted image files under `base`, int64 labels, classes): class
+    sub-folders (sorted names -> 0..C-1, as keras.utils.image_dataset_from_directory
+    does; images directly in `base` are then ignored), else no labels."""
+    subdirs = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))
+                     and not d.startswith("."))
+    groups = [(i, os.path.join(base, d)) for i, d in enumerate(subdirs)] or [(-1, base)]
+    files, labels = [], []
+    for label, folder in groups:
+        found = sorted(_images_under(folder, recursive=bool(subdirs)))
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise DataError(f"{base} holds no images ({', '.join(IMAGE_EXTENSIONS)}); point "
+                        "--dataset at a folder of image files (or class sub-folders of them)")
+    classes = len(subdirs) if subdirs else None
+    return files, np.asarray(labels, np.int64), classes
+
+
+def _images_under(folder: str, recursive: bool):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                yield os.path.join(dirpath, f)
+        if not recursive:
+            return
+
+
+def _open_tfrecords(pattern: str, split: str, size) -> Stream:
+    files = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (
+        [pattern] if os.path.isfile(pattern) else [])
+    if not files:
+        raise DataError(f"no TFRecord files match {pattern!r}; pass a file or a pattern such as "
+                        "path/*.tfrecord")
+    marks = {f: _split_mark(os.path.basename(f)) for f in files}
+    if any(marks.values()):
+        if "test" not in marks.values() or "train" not in marks.values():
+            raise DataError(f"{pattern}: files named for a split need both *train* and *test* "
+                            "files (and optionally *validation*)")
+        carve = split != "test" and "validation" not in marks.values()
+        if carve:   # no validation files: 10% of the train files' records, by a hash
+            chosen, buckets = [f for f in files if marks[f] == "train"], _CARVED[split]
+        else:
+            chosen, buckets = [f for f in files if marks[f] == split], None
+        if not chosen:
+            raise DataError(f"{pattern}: no files for split {split!r}")
+    else:
+        chosen, buckets = files, _HASHED[split]
+    first = _first_record(chosen[0])
+    features = tf.train.Example.FromString(first).features.feature
+    if IMAGE_KEY not in features:
+        raise DataError(f"{chosen[0]} has no feature {IMAGE_KEY!r} (it has: "
+                        f"{', '.join(sorted(features)) or 'none'}); write encoded PNG/JPEG bytes "
+                        f"under {IMAGE_KEY!r} and an optional int64 {LABEL_KEY!r}")
+    has_labels = LABEL_KEY in features
+    shape = _shape_of(tf.constant(features[IMAGE_KEY].bytes_list.value[0]), chosen[0], size,
+                      "tfrecord")
+    return Stream(pattern, "tfrecord", tuple(chosen), None, buckets, has_labels, shape,
+                  size is not None, None)
+
+
+def _split_mark(basename: str) -> str | None:
+    for word in re.split(r"[^a-z]+", basename.lower()):
+        if word in _SPLIT_WORDS:
+            return _SPLIT_WORDS[word]
+    return None
+
+
+def _first_record(path: str) -> bytes:
+    try:
+        for record in tf.data.TFRecordDataset(path).take(1):
+            return record.numpy()
+    except tf.errors.OpError as e:
+        raise DataError(f"{path} is not a readable TFRecord file ({_one_line(e)}); "
+                        "replace or remove it") from None
+    raise DataError(f"{path} holds no records; write tf.train.Example records with an "
+                    f"encoded image under {IMAGE_KEY!r}")
+
+
+def _shape_of(encoded: tf.Tensor, where: str, size, kind: str) -> tuple[int, int, int]:
+    """(H, W, C) of the first image: --image_size's H, W or its own; C = 1 for
+    grey (with or without alpha), else 3."""
+    try:
+        image = tf.io.decode_image(encoded, expand_animations=False)
+    except tf.errors.OpError as e:
+        raise DataError(f"{where} cannot be read as {_what(kind)} ({_one_line(e)}); "
+                        "replace or remove it") from None
+    h, w, c = image.shape
+    h, w = size if size is not None else (h, w)
+    return int(h), int(w), 1 if c in (1, 2) else 3
+
+
+def _what(kind: str) -> str:
+    return "a PNG/JPEG image" if kind == "folder" else "TFRecords of encoded PNG/JPEG images"
+
+
+def _one_line(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error)
+    text = text.strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def _parse(records, has_labels: bool):
+    """(encoded images, int64 labels; zeros without them) of serialized Examples, any shape."""
+    spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    if has_labels:
+        spec[LABEL_KEY] = tf.io.FixedLenFeature([], tf.int64)
+    example = tf.io.parse_example(records, spec)
+    encoded = example[IMAGE_KEY]
+    label = example[LABEL_KEY] if has_labels else tf.zeros(tf.shape(encoded), tf.int64)
+    return encoded, label
+
+
+def _in_buckets(key, buckets) -> tf.Tensor:
+    bucket = tf.strings.to_hash_bucket_fast(key, _BUCKETS)
+    return tf.reduce_any(tf.equal(bucket, tf.constant(buckets, tf.int64)))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_and_classes(files: tuple[str, ...], buckets, has_labels: bool) -> tuple[int, int | None]:
+    """Records of a TFRecord split, and 1 + its largest label: one pass that
+    parses labels only (no image is decoded)."""
+    n, top = 0, -1
+    stream = Stream("", "tfrecord", files, None, buckets, has_labels, (1, 1, 1), False, None)
+    ds = stream._tfrecord_records(np.arange(len(files))).batch(4096).map(
+        lambda r: _parse(r, has_labels)[1])
+    try:
+        for y in ds:
+            n += int(y.shape[0])
+            top = max(top, int(tf.reduce_max(y))) if has_labels and y.shape[0] else top
+    except tf.errors.OpError as e:
+        raise stream._read_error(e) from None
+    return n, (top + 1 if has_labels and top >= 0 else None)
+
+
+def num_classes(stream: Stream) -> int | None:
+    """Label classes of the split: class sub-folders, or 1 + a TFRecord split's largest label."""
+    if stream.kind == "folder":
+        return stream.classes
+    return _count_and_classes(stream.files, stream.buckets, stream.has_labels)[1]
