@@ -198,18 +198,27 @@ def tmpfs(path, size_kb):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+FULL_DISK = ["--epochs=4", "--figures=true", "--export=true"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The full-disk runs' uninterrupted reference: its workdir."""
+    reference = str(tmp_path_factory.mktemp("full_disk") / "reference")
+    code, _, err = finish(quick(reference, *FULL_DISK))
+    assert code == 0, err
+    return reference
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs needs root; the injected-error tests "
                     "above cover the write path without it")
 @pytest.mark.parametrize("room, fails_at", [(2.5, "checkpoint ckpt-12"), (3.4, None)])
 def test_a_full_disk_stops_in_one_line_and_the_freed_run_ends_bit_identical(
-        tmp_path, room, fails_at):
+        tmp_path, uninterrupted, room, fails_at):
     # room: the disk's size in checkpoints: 2.5 fills it at the third
     # checkpoint; 3.4 at the end-of-run artifacts (figures, SavedModel).
-    extra = ["--epochs=4", "--figures=true", "--export=true"]
-    reference = str(tmp_path / "reference")
-    code, _, err = finish(quick(reference, *extra))
-    assert code == 0, err
+    extra, reference = FULL_DISK, uninterrupted
     ckpt = os.path.join(reference, "checkpoints", f"ckpt-{4 * QUICK_STEPS}")
     size_kb = int(room * sum(os.path.getsize(ckpt + s) for s in
                              (".index", ".data-00000-of-00001")) / 1024)
@@ -257,7 +266,7 @@ def test_a_full_disk_stops_in_one_line_and_the_freed_run_ends_bit_identical(
 def test_a_lost_worker_stops_its_peer_in_bounded_time_and_both_resume(tmp_path):
     workdir = str(tmp_path / "run")
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    flags = ["--limit=2048", "--batch_size=64", "--epochs=4", "--strategy=multi_worker"]
+    flags = ["--limit=1024", "--batch_size=64", "--epochs=3", "--strategy=multi_worker"]
 
     def workers():
         procs = []
@@ -268,7 +277,7 @@ def test_a_lost_worker_stops_its_peer_in_bounded_time_and_both_resume(tmp_path):
         return procs
 
     chief, peer = workers()
-    for line in chief.stdout:                  # 32 steps an epoch: kill it within epoch 2
+    for line in chief.stdout:                  # 16 steps an epoch: kill it within epoch 2
         if line.startswith("epoch 1/"):
             break
     time.sleep(0.5)
@@ -290,8 +299,8 @@ def test_a_lost_worker_stops_its_peer_in_bounded_time_and_both_resume(tmp_path):
     for code, _, err in results:
         assert code == 0, err
     assert f"Resuming from {resume_at}:" in results[0][1]
-    assert checkpoint_steps(workdir)[-1] == 4 * 32
-    assert read_json(os.path.join(workdir, "metrics.json"))["steps"] == 4 * 32
+    assert checkpoint_steps(workdir)[-1] == 3 * 16
+    assert read_json(os.path.join(workdir, "metrics.json"))["steps"] == 3 * 16
 
 
 # -- a kill during the end-of-run phase ---------------------------------------------------
