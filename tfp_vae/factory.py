@@ -76,10 +76,11 @@ def build_vae(config: Config, data_shape, num_classes: int | None = None) -> VAE
                   num_samples=config.num_samples, analytic_kl=config.analytic_kl,
                   beta=0.0 if config.warmup_epochs else config.beta, free_bits=config.free_bits,
                   objective=config.objective, seed=config.seed, name="vae")
-    decoder = build_decoder(config, data_shape)
+    # Encoder first, then decoder: the initial weights are drawn in the order
+    # the layers are made, and a run's numbers for a seed must not change.
     if not config.conditional:
         encoder = build_encoder(config, data_shape)
-        vae = VAE(encoder, decoder, **kwargs)
+        vae = VAE(encoder, build_decoder(config, data_shape), **kwargs)
         vae.build((None,) + tuple(data_shape))
         return vae
     if num_classes is None or int(num_classes) < 2:
@@ -88,7 +89,8 @@ def build_vae(config: Config, data_shape, num_classes: int | None = None) -> VAE
     # It reads the flattened image beside the label's one-hot code.
     encoder = build_encoder(config, data_shape,
                             input_shape=(int(np.prod(data_shape)) + int(num_classes),))
-    vae = ConditionalVAE(encoder, decoder, num_classes=int(num_classes), **kwargs)
+    vae = ConditionalVAE(encoder, build_decoder(config, data_shape),
+                         num_classes=int(num_classes), **kwargs)
     vae.build(((None,) + tuple(data_shape), (None,)))
     return vae
 
