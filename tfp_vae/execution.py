@@ -13,6 +13,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tfp_vae import workdir
 from tfp_vae.config import Config
 from tfp_vae.errors import WorkerLost
 
@@ -45,9 +46,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
-    return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())
+    return workdir.is_chief_task(resolver.task_type, resolver.task_id,
+                                 resolver.cluster_spec().as_dict())
 
 
 def task_id() -> int:

@@ -41,11 +41,12 @@ def _free_space(path: str) -> str:
         free = shutil.disk_usage(path).free
     except OSError:
         return "unknown space"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if free < 1024 or unit == "GB":
-            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+    if free < 1024:
+        return f"{free} bytes"
+    for unit in ("KB", "MB", "GB"):
         free /= 1024
-    return ""   # not reached
+        if free < 1024 or unit == "GB":
+            return f"{free:.1f} {unit}"
 
 
 def _reason(e: BaseException) -> str:

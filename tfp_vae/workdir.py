@@ -26,7 +26,8 @@ from tfp_vae import files
 from tfp_vae.config import Config
 from tfp_vae.errors import ConfigError, EvaluationError, WorkdirBusy
 
-__all__ = ["Lock", "Paths", "check", "lock", "paths", "prepare", "read_config", "run_config"]
+__all__ = ["Lock", "Paths", "check", "is_chief_task", "lock", "paths", "prepare", "read_config",
+           "run_config"]
 
 
 class Paths(NamedTuple):
@@ -208,6 +209,13 @@ def lock(config: Config, workdir: str) -> Lock:
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    if kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster):
+    if is_chief_task(kind, index, cluster):
         return Lock(workdir)
     return Lock(workdir, f".lock-{kind}-{index}")
+
+
+def is_chief_task(task_type: str | None, task_id: int | None, cluster: dict) -> bool:
+    """tf.distribute's rule for the task that writes a run's artifacts: the
+    chief, or worker 0 of a cluster without one, or a process with no task."""
+    return task_type in ("chief", None) or (
+        task_type == "worker" and task_id == 0 and "chief" not in cluster)
