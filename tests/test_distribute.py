@@ -145,6 +145,21 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _two_workers(script: str, *args) -> list[dict]:
+    """`script` run as worker 0 (the chief) and worker 1 of a MultiWorkerMirrored
+    cluster on localhost, with `args`; their RESULT dicts."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                    "index": index}})
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script), *map(str, args)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return _results(procs)
+
+
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
     """Both Mirrored scripts, run side by side; their merged results."""
@@ -208,17 +223,7 @@ def test_checkpoints_restore_across_strategies(mirrored):
 
 
 def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        env = _env()
-        env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                    "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(_WORKER), str(tmp_path)], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    chief, other = _results(procs)
+    chief, other = _two_workers(_WORKER, tmp_path)
     assert chief["steps"] == other["steps"] == 2 * (256 // 64)
     # The workers hold the same (all-reduced) weights, so they score the test set alike.
     np.testing.assert_allclose(chief["elbo"], other["elbo"], rtol=1e-5)
@@ -227,3 +232,64 @@ def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints
     ckpt = tmp_path / "checkpoints"
     assert (ckpt / "checkpoint").exists() and any(ckpt.glob("ckpt-8.index"))
     assert (tmp_path / "metrics.json").exists()
+
+
+# Two workers over a streamed folder: what each reads of epoch 1, then that epoch trained.
+_STREAM_WORKER = _PRELUDE + """
+os.environ["TFP_VAE_CACHE_BYTES"] = "0"           # stream the folder, small as it is
+from tfp_vae import execution, input_pipeline, train
+from tfp_vae.config import Config
+
+folder, workdir = sys.argv[1], sys.argv[2]
+config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
+                epochs=1, eval_iwae_k=4, figures=False, export=False, seed=5,
+                strategy="multi_worker")
+strategy = execution.make_strategy(config)
+execution.make_strategy = lambda config: strategy   # one MultiWorkerMirrored per process
+stream = input_pipeline.train_source(input_pipeline.load_splits(config))[0]
+seen = []
+for batch in input_pipeline.train_dataset(config, stream, 0, strategy=strategy):
+    for x in strategy.experimental_local_results(batch):
+        pixels = np.round(x.numpy() * 255).astype(int).reshape(len(x), -1)
+        seen.append((pixels[:, 0] + 256 * pixels[:, 1]).tolist())   # the image's number
+metrics = train.train_and_evaluate(config, workdir, verbose=0)
+print("RESULT " + json.dumps({"seen": seen, "n": len(stream), "steps": metrics["steps"]}))
+"""
+
+_RESUME_ALONE = _PRELUDE + """
+from tfp_vae import train
+from tfp_vae.config import Config
+
+folder, workdir = sys.argv[1], sys.argv[2]
+config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
+                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5)
+print("RESULT " + json.dumps({"steps": train.train_and_evaluate(config, workdir, verbose=0)["steps"]}))
+"""
+
+
+def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(tmp_path):
+    import tensorflow as tf
+
+    folder = tmp_path / "images"
+    for split, count in (("train", 150), ("test", 20)):
+        os.makedirs(folder / split)
+        for i in range(count):
+            pixels = np.random.default_rng(i).integers(0, 256, (4, 4, 1), np.uint8)
+            pixels.flat[:2] = (i % 256, i // 256)                  # its number, in two pixels
+            tf.io.write_file(str(folder / split / f"{i:03d}.png"), tf.io.encode_png(pixels))
+    chief, other = _two_workers(_STREAM_WORKER, folder, tmp_path / "run")
+    n = chief["n"]                                   # train/ less the validation it carves
+    steps = -(-n // 16)
+    assert 100 < n < 150 and len(chief["seen"]) == len(other["seen"]) == steps
+    # Each global batch of 16 is split 8 + 8 (the last as evenly as it goes) and
+    # together the workers read every training image of the epoch once.
+    assert all(len(a) == len(b) == 8 for a, b in zip(chief["seen"][:-1], other["seen"][:-1]))
+    mine, theirs = ([i for batch in w["seen"] for i in batch] for w in (chief, other))
+    assert not set(mine) & set(theirs) and len(set(mine + theirs)) == len(mine + theirs) == n
+    assert set(mine + theirs) <= set(range(150))
+    assert chief["steps"] == other["steps"] == steps
+    # The chief's checkpoint resumes on one machine, without a strategy.
+    (alone,) = _results([subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_RESUME_ALONE), str(folder), str(tmp_path / "run")],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)])
+    assert alone["steps"] == 2 * steps

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfp_vae import data, input_pipeline
+from tfp_vae import data, input_pipeline, sources
 from tfp_vae.config import Config
 from tfp_vae.data import DataError
 
@@ -38,6 +38,16 @@ def _write_folder(root, classes=("ant", "bee", "cat"), per_class=20, shape=(8, 6
             tf.io.write_file(path, encode(pixels))
             written[path] = (pixels, label)
     return written
+
+
+def _write_digits(folder, n, encode=tf.io.encode_png, ext="png"):
+    """The first n mnist_5k training digits as image files in class sub-folders."""
+    x, y = data.load_arrays("mnist_5k", "train", limit=n)
+    for i, (image, label) in enumerate(zip(x, y)):
+        os.makedirs(folder / str(label), exist_ok=True)
+        tf.io.write_file(str(folder / str(label) / f"{i:03d}.{ext}"),
+                         encode(np.round(image * 255).astype(np.uint8)))
+    return folder
 
 
 def _example(pixels: np.ndarray, label: int | None) -> bytes:
@@ -216,6 +226,45 @@ def test_stream_pass_is_a_fixed_function_of_its_seed_and_resumes_with_skip(tmp_p
     assert counts.sum() == len(stream) < len(rows) + 50
 
 
+@pytest.mark.parametrize("kind", ["folder", "tfrecord"])
+def test_shards_of_a_pass_hold_each_example_once_split_as_tf_distribute_splits_a_batch(
+        tmp_path, kind):
+    if kind == "folder":
+        _write_folder(tmp_path, per_class=23, shape=(4, 4, 1))   # 69 images, 54 for train
+        stream = data.open_stream(str(tmp_path), "train")
+    else:
+        _write_records(tmp_path / "a.tfrecord", 40, shape=(4, 4, 1))
+        _write_records(tmp_path / "b.tfrecord", 33, shape=(4, 4, 1))
+        stream = data.open_stream(str(tmp_path / "*.tfrecord"), "train")
+    n, share = len(stream), 4                      # global batches of 3 x 4
+    whole = [x for x in stream.dataset(3 * share, seed=7).as_numpy_iterator()]
+    shards = [[x for x in stream.dataset(share, seed=7, shard=(i, 3)).as_numpy_iterator()]
+              for i in range(3)]
+    assert n % (3 * share) and len({len(s) for s in shards}) == 1 == len(whole) - len(shards[0]) + 1
+    for g, batch in enumerate(whole):
+        # Global batch g is the shards' batches g, in shard order.
+        np.testing.assert_array_equal(np.concatenate([s[g] for s in shards]), batch)
+    last = [len(s[-1]) for s in shards]
+    assert sum(last) == len(whole[-1]) and max(last) - min(last) <= 1
+    assert all(int(stream.dataset(share, seed=7, shard=(i, 3)).cardinality()) == len(shards[0])
+               for i in range(3))
+    # A last global batch shorter than the shards are many: the shard left
+    # without a part takes the pass's first example, so no batch is empty.
+    small = stream.limited(3 * share + 1)          # 13: one full global batch, then 1
+    cut = [list(small.dataset(share, seed=7, shard=(i, 3)).as_numpy_iterator()) for i in range(3)]
+    whole = list(small.dataset(3 * share, seed=7).as_numpy_iterator())
+    assert [len(s) for s in cut] == [2, 2, 2] and [len(s[-1]) for s in cut] == [1, 1, 1]
+    np.testing.assert_array_equal(cut[0][-1], whole[-1])
+    for s in cut[1:]:
+        np.testing.assert_array_equal(s[-1], whole[0][:1])
+    # One shard of one is the pass itself, its dynamic draws too.
+    one, plain = (list(stream.dataset(5, seed=7, binarize="dynamic", **kw).as_numpy_iterator())
+                  for kw in ({"shard": (0, 1)}, {}))
+    assert all(np.array_equal(a, b) for a, b in zip(one, plain)) and len(one) == len(plain)
+    with pytest.raises(ValueError, match="shard"):
+        stream.dataset(share, shard=(3, 3))
+
+
 def test_large_splits_stream_small_ones_are_cached(tmp_path, monkeypatch):
     _write_folder(tmp_path, per_class=10)
     config = Config(dataset=str(tmp_path), conditional=True)
@@ -231,18 +280,36 @@ def test_large_splits_stream_small_ones_are_cached(tmp_path, monkeypatch):
     assert x.shape == cached.x_train.shape and sorted(y) == sorted(cached.y_train)
 
 
+@pytest.mark.parametrize("with_validation", [False, True])
+def test_a_prepared_tfds_set_streams_its_training_split_from_its_own_files(
+        tmp_path, monkeypatch, with_validation):
+    from test_data import _tiny_tfds_class
+
+    builder = _tiny_tfds_class(with_validation)(data_dir=str(tmp_path))
+    builder.download_and_prepare()                   # generated locally: nothing downloaded
+    config = Config(dataset=builder.name, data_dir=str(tmp_path), conditional=True,
+                    binarize="none")
+    whole = data.load_arrays(builder.name, "train", data_dir=str(tmp_path))   # TFDS's reader
+    monkeypatch.setattr(input_pipeline, "CACHE_BYTES", 0)
+    splits = input_pipeline.load_splits(config)
+    assert isinstance(splits.x_train, sources.Stream) and splits.num_classes == 3
+    assert len(splits.x_train) == len(whole[0]) == (30 if with_validation else 27)
+    x, y = (np.concatenate(a) for a in zip(*input_pipeline.train_dataset(
+        config, splits.x_train, epoch=0).as_numpy_iterator()))
+    order = np.argsort(x[:, 0, 0, 0], kind="stable")  # the images are numbered by their grey
+    np.testing.assert_array_equal(x[order], whole[0][np.argsort(whole[0][:, 0, 0, 0])])
+    np.testing.assert_array_equal(y[order], whole[1][np.argsort(whole[0][:, 0, 0, 0])])
+    assert data.tfds_train_stream("mnist_5k", str(tmp_path)) is None
+    assert data.tfds_train_stream(builder.name, None) is None     # to be downloaded: whole
+
+
 # ---------------------------------------------------------------- a streamed run resumes exactly
 
 
 def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path, monkeypatch):
     from test_faults import assert_same_state, finish, start
 
-    folder = tmp_path / "digits"
-    x, y = data.load_arrays("mnist_5k", "train", limit=200)
-    for i, (image, label) in enumerate(zip(x, y)):
-        os.makedirs(folder / str(label), exist_ok=True)
-        tf.io.write_file(str(folder / str(label) / f"{i:03d}.png"),
-                         tf.io.encode_png(np.round(image * 255).astype(np.uint8)))
+    folder = _write_digits(tmp_path / "digits", 200)
     monkeypatch.setenv("TFP_VAE_CACHE_BYTES", "0")          # stream it, small as it is
     run = ["--dataset=" + str(folder), "--epochs=3", "--conditional", "--verbosity=0"]
     ref, termed = str(tmp_path / "ref"), str(tmp_path / "termed")
@@ -268,6 +335,40 @@ def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path, monk
     assert code == 0, err
     final = os.path.join("checkpoints", "ckpt-192")          # 3 epochs of 64 steps
     assert_same_state(os.path.join(ref, final), os.path.join(termed, final))
+
+
+def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resumes(
+        tmp_path, monkeypatch):
+    from test_faults import finish, start
+
+    folder = _write_digits(tmp_path / "digits", 160, tf.io.encode_jpeg, "jpg")
+    monkeypatch.setenv("TFP_VAE_CACHE_BYTES", "0")          # stream it, small as it is
+    stream = data.open_stream(str(folder), "train")
+    steps = -(-len(stream) // 16)
+    run = ["--dataset=" + str(folder), "--batch_size=16", "--limit=1000",
+           "--steps_per_execution=1", "--verbosity=0"]
+    bad = stream.files[len(stream) // 2]
+    good = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(good[:len(good) // 2])             # a truncated JPEG mid-folder
+    code, _, err = finish(start(tmp_path / "run", *run, "--epochs=2"))
+    message = err.strip().splitlines()[-1]
+    assert code == 2 and bad in message and "cannot be read" in message, err
+    assert "{{" not in message and "Traceback" not in err
+    assert "stopped in epoch 1" in message and "(it starts afresh)" in message
+    # Broken after a checkpoint: the re-run resumes from it once the file is fixed.
+    with open(bad, "wb") as f:
+        f.write(good)
+    assert finish(start(tmp_path / "run", *run, "--epochs=1"))[0] == 0
+    with open(bad, "wb") as f:
+        f.write(good[:len(good) // 2])
+    code, _, err = finish(start(tmp_path / "run", *run, "--epochs=2"))
+    assert code == 2 and f"stopped in epoch 2: " in err and f"resumes from ckpt-{steps})" in err
+    with open(bad, "wb") as f:
+        f.write(good)
+    code, out, err = finish(start(tmp_path / "run", *run, "--epochs=2"))
+    assert code == 0 and f"Resuming from ckpt-{steps}:" in out, err
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / f"ckpt-{2 * steps}.index")
 
 
 def test_the_scaling_benchmark_writes_the_stream_it_says(tmp_path):

@@ -40,6 +40,7 @@ __all__ = [
     "make_dataset",
     "num_classes",
     "open_stream",
+    "tfds_train_stream",
     "read_idx",
 ]
 
@@ -629,6 +630,32 @@ def _tfds_builder(name: str, data_dir: str | None):
         ) from None
     except Exception as e:  # noqa: BLE001 - TFDS raises many kinds; all mean "not available"
         raise DataError(f"TFDS cannot open {name!r} ({_one_line(e)}); {_tfds_help(name)}") from None
+
+
+def tfds_train_stream(name: str, data_dir: str | None, image_size=None) -> sources.Stream | None:
+    """The training split of a TFDS data set prepared in `data_dir`, read from
+    its own TFRecord files as a stream (:class:`sources.Stream`) rather than
+    loaded whole; None for any other source, a TFDS set to be downloaded
+    (no `data_dir`), or one whose images are not encoded PNG/JPEG in
+    TFRecords. The split is the one `load_arrays` gives: without a TFDS
+    ``validation`` split, the first 90% of ``train`` in file order."""
+    name = _check_name(name)
+    if (data_dir is None or name in ("mnist_5k", "fashion_mnist") or name in _TFDS_BINARY
+            or _is_npz(name) or sources.is_stream_source(name)):
+        return None
+    builder = _tfds_builder(name, data_dir)
+    features = builder.info.features if builder.is_prepared() else {}
+    image = features["image"] if "image" in features else None
+    if (image is None or getattr(image, "encoding_format", None) not in ("png", "jpeg", None)
+            or str(builder.info.file_format.value) != "tfrecord"
+            or "train" not in builder.info.splits):
+        return None
+    files = sorted(tf.io.gfile.glob(os.path.join(builder.data_dir, f"{name}-train.tfrecord*")))
+    if not files:
+        return None
+    n = builder.info.splits["train"].num_examples
+    keep = None if "validation" in builder.info.splits else n - n // 10
+    return sources.open_records(files, f"{name} (TFDS, {builder.data_dir})", image_size, keep)
 
 
 def _load_tfds(

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfp_vae import data, sources
 from tfp_vae.config import Config
-from tfp_vae.errors import DataError
+from tfp_vae.errors import ConfigError, DataError
 
 log = logging.getLogger("tfp_vae")
 
@@ -62,9 +62,11 @@ def load_split(config: Config, split: str, limit: int | None = None):
 
 
 def _train_split(config: Config):
-    """(x, y) of the training split: arrays, or a folder's or TFRecords' Stream
-    (y None) when its images would take more than CACHE_BYTES in memory."""
-    stream = data.open_stream(config.dataset, "train", config.image_size)
+    """(x, y) of the training split: arrays, or a folder's, TFRecords' or
+    prepared TFDS set's Stream (y None) when its images would take more than
+    CACHE_BYTES in memory."""
+    stream = (data.open_stream(config.dataset, "train", config.image_size)
+              or data.tfds_train_stream(config.dataset, config.data_dir, config.image_size))
     if stream is None:
         return load_split(config, "train")
     stream = stream.limited(config.limit)
@@ -109,6 +111,9 @@ def check_split(config: Config, split: str, x: np.ndarray) -> None:
     elif config.binarize == "none" and config.decoder == "bernoulli":
         unit, fix = True, ("the Bernoulli decoder models values in [0, 1]; scale x to [0, 1], "
                            "use --binarize=static or --decoder=normal")
+    elif config.decoder == "logistic":
+        unit, fix = True, ("the logistic decoder models 8-bit pixel values k/255 in [0, 1]; "
+                           "scale x to [0, 1] (uint8 images are)")
     else:
         unit, fix = False, ""
     data.check_images(x, f"{config.dataset} ({split})", unit_interval=unit, fix=fix)
@@ -150,18 +155,46 @@ def train_source(splits: Splits):
             None if splits.num_classes is None else tf.constant(splits.y_train))
 
 
-def train_dataset(config: Config, x, epoch: int, y=None) -> tf.data.Dataset:
+def train_dataset(config: Config, x, epoch: int, y=None, *, skip: int = 0,
+                  strategy: tf.distribute.Strategy | None = None):
     """Epoch `epoch`'s training batches `[B, *data]` (pairs with labels y; a
-    Stream x yields its own labels when `config.conditional`): order and
-    binarisation draws are a fixed function of (seed, epoch), so a resumed run
-    rebuilds them exactly. In memory, the epoch is computed up front
-    (`data.epoch_dataset`): cheap to build anew; a Stream decodes its files
-    as the epoch is read (`sources.Stream.dataset`)."""
-    if isinstance(x, sources.Stream):
-        return x.dataset(config.batch_size, seed=epoch_seed(config.seed, epoch), shuffle=True,
-                         binarize=config.binarize, with_labels=config.conditional)
-    return data.epoch_dataset(x, config.batch_size, y=y, binarize=config.binarize, shuffle=True,
-                              seed=epoch_seed(config.seed, epoch))
+    Stream x yields its own labels when `config.conditional`), from batch
+    `skip` on: order and binarisation draws are a fixed function of (seed,
+    epoch), so a resumed run rebuilds them exactly. In memory, the epoch is
+    computed up front (`data.epoch_dataset`): cheap to build anew; a Stream
+    decodes its files as the epoch is read (`sources.Stream.dataset`).
+
+    Under a MultiWorkerMirroredStrategy a Stream is read as one shard per
+    worker (`tf.distribute.DistributedDataset`): each worker decodes only
+    its share of every global batch of `config.batch_size`, and the workers
+    together see each example once per epoch. Arrays in memory are left to
+    tf.distribute's own sharding of the dataset (every worker holds them).
+    """
+    if not isinstance(x, sources.Stream):
+        ds = data.epoch_dataset(x, config.batch_size, y=y, binarize=config.binarize, shuffle=True,
+                                seed=epoch_seed(config.seed, epoch))
+        return ds.skip(skip) if skip else ds
+
+    def one_pass(shard=(0, 1)):
+        share = config.batch_size // shard[1]
+        ds = x.dataset(share, seed=epoch_seed(config.seed, epoch), shuffle=True,
+                       binarize=config.binarize, with_labels=config.conditional, shard=shard)
+        return ds.skip(skip) if skip else ds
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return one_pass()
+
+    def per_worker(context: tf.distribute.InputContext):
+        workers = context.num_input_pipelines
+        if config.batch_size % workers:
+            raise ConfigError(f"batch_size {config.batch_size} does not split between "
+                              f"{workers} workers; use a multiple of {workers}")
+        ds = one_pass((context.input_pipeline_id, workers))
+        replica_batch = context.get_per_replica_batch_size(config.batch_size)
+        # Several replicas on one worker: its share in batches of theirs.
+        return ds if replica_batch == config.batch_size // workers else ds.rebatch(replica_batch)
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 def evaluation_arrays(config: Config, x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ import tensorflow as tf
 from tfp_vae.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGE_KEY", "LABEL_KEY", "SHUFFLE_BUFFER", "Stream",
-           "is_stream_source", "num_classes", "open_stream", "parse_size"]
+           "is_stream_source", "num_classes", "open_records", "open_stream", "parse_size",
+           "shard_batches"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 IMAGE_KEY = "image"      # a TFRecord's tf.train.Example feature: encoded PNG/JPEG bytes
@@ -111,9 +112,18 @@ class Stream:
 
     def dataset(self, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                 binarize: str = "none", with_labels: bool = False,
-                drop_remainder: bool = False) -> tf.data.Dataset:
+                drop_remainder: bool = False, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
         """One pass over the split: float32 batches ``[B, H, W, C]`` in ``[0, 1]``
         (pairs with int64 labels ``[B]`` when `with_labels`).
+
+        `shard` = (index, count) reads one of `count` shards of the pass, for
+        one worker of several: the pass cut into global batches of
+        `count · batch_size` examples, each split between the shards as
+        tf.distribute splits a batch between replicas (the last, short one
+        as evenly as it goes), so the shards together hold every example of
+        the pass once and each has as many batches as the others. A shard
+        skips the records of the others before they are decoded, and draws
+        its own binarisation noise.
 
         The order (a permutation of the files, then for TFRecords a shuffle
         buffer of :data:`SHUFFLE_BUFFER` records) and the dynamic binarisation
@@ -129,8 +139,14 @@ class Stream:
         # A limit keeps the first records in file order: the files are then not permuted.
         permute = shuffle and self.limit is None
         order = rng.permutation(len(self.files)) if permute else np.arange(len(self.files))
+        shard_index, shards = (int(s) for s in shard)
+        if not 0 <= shard_index < shards:
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
         if self.kind == "folder":
-            ds = self._folder_records(order)
+            ds = tf.data.Dataset.from_tensor_slices(order)
+            if shards > 1:      # before the files are read
+                ds = _sharded(ds, len(self), batch_size, shard_index, shards)
+            ds = self._folder_records(ds)
         else:
             ds = self._tfrecord_records(order)
             if self.limit is not None:
@@ -138,6 +154,8 @@ class Stream:
             if shuffle:
                 ds = ds.shuffle(min(SHUFFLE_BUFFER, max(1, len(self))), seed=int(rng.integers(2**31)),
                                 reshuffle_each_iteration=False)
+            if shards > 1:      # every record is read, only the shard's decoded
+                ds = _sharded(ds, len(self), batch_size, shard_index, shards)
         key = tf.constant(int(seed) % 2**31, tf.int64)
 
         def decode(index, records):
@@ -145,11 +163,18 @@ class Stream:
             if binarize == "static":
                 x = tf.cast(x > 0.5, x.dtype)
             elif binarize == "dynamic":
-                u = tf.random.stateless_uniform(tf.shape(x), tf.stack([key, index]), dtype=x.dtype)
+                # Shard s of S, its batch b: key (seed, b·S + s); one shard: (seed, b).
+                draw = tf.stack([key, index * shards + shard_index])
+                u = tf.random.stateless_uniform(tf.shape(x), draw, dtype=x.dtype)
                 x = tf.cast(u < x, x.dtype)
             return (x, y) if with_labels else x
 
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder).enumerate()
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if shards > 1:       # so that Keras and tf.distribute know the epoch's length
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                len(self) // (shards * batch_size) if drop_remainder else
+                shard_batches(len(self), batch_size, shards)))
+        ds = ds.enumerate()
         # Fixed parallelism, autotune off: autotune's ramp-up on every epoch's
         # fresh iterator stalls its first steps (docs/performance.md).
         ds = ds.map(decode, num_parallel_calls=_PARALLEL, deterministic=True).prefetch(_PARALLEL)
@@ -171,11 +196,11 @@ class Stream:
 
     # -- the pieces of a pass --------------------------------------------------------------
 
-    def _folder_records(self, order: np.ndarray) -> tf.data.Dataset:
-        """(encoded image, label) of each file, in `order`."""
+    def _folder_records(self, order: tf.data.Dataset) -> tf.data.Dataset:
+        """(encoded image, label) of each file, in the order of the indices `order`."""
         files = tf.constant(np.asarray(self.files, dtype=object))
         labels = tf.constant(self.labels if self.has_labels else np.zeros(len(self.files), np.int64))
-        return tf.data.Dataset.from_tensor_slices(order).map(
+        return order.map(
             lambda i: (tf.io.read_file(files[i]), labels[i]),
             num_parallel_calls=4 * _PARALLEL, deterministic=True)
 
@@ -216,9 +241,10 @@ class Stream:
             if self.resize:
                 return tf.image.resize(image, (h, w), antialias=True)
             # An image of another size stops the pass here: TensorFlow's error
-            # gives its size, and Stream.arrays (which reads every split held in
-            # memory) names the file. A check that names it in the stream too
-            # (an Assert per image or per batch) costs a third of the speed.
+            # gives its size, and `unreadable` (which Stream.arrays and a
+            # streamed run call on such an error) names the file. A check that
+            # names it in the stream itself (an Assert per image or per batch)
+            # costs a third of the speed.
             return tf.ensure_shape(image, (h, w, c))
 
         images = tf.map_fn(one, encoded, fn_output_signature=tf.TensorSpec((h, w, c), dtype),
@@ -226,11 +252,11 @@ class Stream:
         images = tf.cast(images, tf.float32) / 255.0
         return (tf.clip_by_value(images, 0.0, 1.0) if self.resize else images), labels
 
-    def _read_error(self, error: tf.errors.OpError) -> DataError:
-        """A one-line DataError naming the file `error` came from: the first
-        that cannot be decoded or (without --image_size) has another size."""
+    def unreadable(self) -> DataError | None:
+        """A one-line DataError naming the split's first file that cannot be
+        decoded or (without --image_size) has another size; None if all read."""
         h, w, _ = self.image_shape
-        for path in self.files:
+        for path in self._suspects():
             try:
                 encoded = ([tf.io.read_file(path)] if self.kind == "folder" else
                            (_parse(r[None], self.has_labels)[0][0]
@@ -244,7 +270,60 @@ class Stream:
             except tf.errors.OpError as e:
                 return DataError(f"{path} cannot be read as {_what(self.kind)} ({_one_line(e)}); "
                                  "replace or remove it")
-        return DataError(f"{self.source} cannot be read ({_one_line(error)})")
+        return None
+
+    def _read_error(self, error: tf.errors.OpError) -> DataError:
+        """`unreadable()`'s error for the `error` a pass raised, or one naming the source."""
+        return self.unreadable() or DataError(f"{self.source} cannot be read ({_one_line(error)})")
+
+    def _suspects(self):
+        """The files `unreadable` looks into one by one: a folder's first file
+        that fails to decode (found by decoding all of them in parallel, a
+        pass's cost), or every TFRecord file in order."""
+        if self.kind != "folder":
+            return self.files
+        h, w, c = self.image_shape
+
+        def check(i, path):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=c, expand_animations=False)
+            if not self.resize:
+                image = tf.ensure_shape(image, (h, w, c))
+            return i, tf.reduce_max(image)   # of the pixels: a static shape would let the decode be pruned
+
+        good = tf.data.Dataset.from_tensor_slices(list(self.files)).enumerate().map(
+            check, num_parallel_calls=4 * _PARALLEL, deterministic=True).ignore_errors()
+        seen = np.zeros(len(self.files), bool)
+        for i, _ in good.as_numpy_iterator():
+            seen[i] = True
+        return [self.files[i] for i in np.flatnonzero(~seen)[:1]]
+
+
+def _sharded(ds: tf.data.Dataset, n: int, batch_size: int, index: int,
+             count: int) -> tf.data.Dataset:
+    """The examples of shard `index` of `count` of a pass of `n` examples: of
+    each global batch of `count · batch_size`, the `index`-th `batch_size`;
+    of a last, short batch of r, the `index`-th part of r split as evenly as
+    it goes (the first r mod count parts one longer), as tf.distribute
+    rebatches. When r < count, a shard whose part is empty takes the pass's
+    first example instead: every shard has as many batches as one machine's
+    pass has (workers must take the same steps), none of them empty."""
+    full = n // (count * batch_size)
+    rest = n - full * count * batch_size
+    sizes = [rest // count + (i < rest % count) for i in range(count)]
+    start, stop = sum(sizes[:index]), sum(sizes[:index + 1])
+
+    def mine(i, _):
+        g, j = i // (count * batch_size), i % (count * batch_size)
+        return tf.where(g < full, j // batch_size == index, (j >= start) & (j < stop))
+
+    shard = ds.enumerate().filter(mine).map(lambda _, record: record)
+    return shard.concatenate(ds.take(1)) if rest and not sizes[index] else shard
+
+
+def shard_batches(n: int, batch_size: int, count: int) -> int:
+    """Batches of each of `count` shards of a pass of `n` (`Stream.dataset`'s
+    `shard`), of `batch_size` each: one per global batch."""
+    return -(-n // (count * batch_size))
 
 
 # --------------------------------------------------------------------------
@@ -337,6 +416,18 @@ def _open_tfrecords(pattern: str, split: str, size) -> Stream:
             raise DataError(f"{pattern}: no files for split {split!r}")
     else:
         chosen, buckets = files, _HASHED[split]
+    return _records(pattern, chosen, buckets, size)
+
+
+def open_records(files, source: str, image_size=None, limit: int | None = None) -> Stream:
+    """All records of the TFRecord `files` as one split (the first `limit`
+    only, in file order), named `source` in messages: a TFDS split's files."""
+    return _records(source, tuple(files), None, parse_size(image_size), limit)
+
+
+def _records(pattern: str, chosen, buckets, size, limit: int | None = None) -> Stream:
+    """The Stream of the records of `chosen` in hash `buckets` (None: all),
+    its image key, labels and shape read off the first record."""
     first = _first_record(chosen[0])
     features = tf.train.Example.FromString(first).features.feature
     if IMAGE_KEY not in features:
@@ -347,7 +438,7 @@ def _open_tfrecords(pattern: str, split: str, size) -> Stream:
     shape = _shape_of(tf.constant(features[IMAGE_KEY].bytes_list.value[0]), chosen[0], size,
                       "tfrecord")
     return Stream(pattern, "tfrecord", tuple(chosen), None, buckets, has_labels, shape,
-                  size is not None, None)
+                  size is not None, None, limit)
 
 
 def _split_mark(basename: str) -> str | None:
@@ -386,9 +477,10 @@ def _what(kind: str) -> str:
 
 
 def _one_line(error: BaseException) -> str:
+    """The first line of an error's message, without TensorFlow's op and node names."""
     text = getattr(error, "message", None) or str(error)
-    text = text.strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^]]*\].*$", "", text.strip().split("\n")[0]).strip()
+    return text or type(error).__name__
 
 
 def _parse(records, has_labels: bool):

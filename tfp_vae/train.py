@@ -19,10 +19,10 @@ import keras
 import tensorflow as tf
 
 from tfp_vae import (callbacks, evaluate, execution, export, factory, figures, files,
-                     input_pipeline, summaries, workdir as workdir_lib)
+                     input_pipeline, sources, summaries, workdir as workdir_lib)
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import VARIATIONAL, Config
-from tfp_vae.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from tfp_vae.errors import ConfigError, DataError, TrainingDiverged, TrainingInterrupted
 
 log = logging.getLogger("tfp_vae")
 
@@ -166,12 +166,16 @@ def train(model, config: Config, splits: input_pipeline.Splits, paths: workdir_l
                 break
             if config.warmup_epochs:
                 model.beta.assign(config.beta * min(1.0, epoch / config.warmup_epochs))
-            ds = input_pipeline.train_dataset(config, x_train, epoch, y=y_train)
-            fit = model.fit(ds.skip(offset) if offset else ds, initial_epoch=epoch,
-                            epochs=epoch + 1, validation_data=val_ds, verbose=0, shuffle=False,
-                            callbacks=[stop, keras.callbacks.TerminateOnNaN()] + (
-                                [callbacks.StepProgbar(verbose, epochs=config.epochs)]
-                                if verbose else []))
+            ds = input_pipeline.train_dataset(config, x_train, epoch, y=y_train, skip=offset,
+                                              strategy=model.distribute_strategy)
+            try:
+                fit = model.fit(ds, initial_epoch=epoch,
+                                epochs=epoch + 1, validation_data=val_ds, verbose=0, shuffle=False,
+                                callbacks=[stop, keras.callbacks.TerminateOnNaN()] + (
+                                    [callbacks.StepProgbar(verbose, epochs=config.epochs)]
+                                    if verbose else []))
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+                _stop_on_bad_file(e, x_train, checkpoints, epoch)
             offset = 0
             step = int(model.optimizer.iterations.numpy())
             logs = {k: v[-1] for k, v in fit.history.items()}
@@ -229,6 +233,23 @@ def write_artifacts(model, config: Config, splits: input_pipeline.Splits, histor
                                 int(model.optimizer.iterations.numpy()))
     if config.export_tflite:
         export.export_tflite(model, paths.tflite)
+
+
+def _stop_on_bad_file(error: tf.errors.OpError, x_train, checkpoints: Checkpoints, epoch: int):
+    """A streamed epoch met a file it cannot decode: raises a one-line
+    DataError naming the file (found by decoding the split again) and the
+    checkpoint a re-run resumes from. Any other error is raised as it came.
+
+    Nothing is saved here: Keras' step function may have counted the failed
+    step in the optimizer's iterations without updating the weights, so a
+    checkpoint now would not say where the data stood; the last one does."""
+    problem = x_train.unreadable() if isinstance(x_train, sources.Stream) else None
+    if problem is None:
+        raise error
+    last = checkpoints.manager.latest_checkpoint
+    where = f"it resumes from {os.path.basename(last)}" if last else "it starts afresh"
+    raise DataError(f"{problem}; training stopped in epoch {epoch + 1}: once it is fixed, "
+                    f"re-run the same command ({where})") from None
 
 
 def _interrupted(stop: callbacks.StopOnSignal, step: int) -> TrainingInterrupted:
