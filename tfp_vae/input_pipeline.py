@@ -111,9 +111,6 @@ def check_split(config: Config, split: str, x: np.ndarray) -> None:
     elif config.binarize == "none" and config.decoder == "bernoulli":
         unit, fix = True, ("the Bernoulli decoder models values in [0, 1]; scale x to [0, 1], "
                            "use --binarize=static or --decoder=normal")
-    elif config.decoder == "logistic":
-        unit, fix = True, ("the logistic decoder models 8-bit pixel values k/255 in [0, 1]; "
-                           "scale x to [0, 1] (uint8 images are)")
     else:
         unit, fix = False, ""
     data.check_images(x, f"{config.dataset} ({split})", unit_interval=unit, fix=fix)
