@@ -79,3 +79,43 @@ def test_vae_with_learned_prior_round_trips_through_dot_keras(tmp_path):
     z = tf.random.stateless_normal([5, 3], seed=(1, 1))
     np.testing.assert_array_equal(loaded.prior_distribution().log_prob(z).numpy(),
                                   vae.prior_distribution().log_prob(z).numpy())
+
+
+def _spread_mixture(dtype=np.float32):
+    """500 diagonal Gaussians like a trained VampPrior's: locs spread over a few
+    units, scales down to 0.03, where expanding (z − μ)²/σ² cancels badly."""
+    rng = np.random.default_rng(0)
+    loc = (rng.normal(size=(500, 40)) * 2).astype(dtype)
+    scale = np.exp(rng.uniform(-3.5, 0.0, size=(500, 40))).astype(dtype)
+    return loc, scale
+
+
+def test_the_matmul_mixture_density_is_tfps_mixture_log_prob():
+    loc, scale = _spread_mixture()
+    logits = np.random.default_rng(1).normal(size=500).astype(np.float32)
+    components = tfd.MultivariateNormalDiag(loc, scale)
+    mixture = priors.DiagonalGaussianMixture(tfd.Categorical(logits=logits), components)
+    # Codes near the components (where the cancellation is worst) and far from all.
+    z = tf.concat([tf.reshape(components.sample(3, seed=(1, 2)), [-1, 40]),
+                   tf.random.stateless_normal([50, 40], seed=(3, 4)) * 3], 0)
+    # The reference: TFP's MixtureSameFamily in float64.
+    want = tfd.MixtureSameFamily(
+        tfd.Categorical(logits=logits.astype(np.float64)),
+        tfd.MultivariateNormalDiag(loc.astype(np.float64), scale.astype(np.float64))
+    ).log_prob(tf.cast(z, tf.float64)).numpy()
+    tfp32 = tfd.MixtureSameFamily(tfd.Categorical(logits=logits), components).log_prob(z)
+    own_error = np.abs(tfp32.numpy() - want).max()         # TFP's own float32 rounding
+    for got in (mixture.log_prob(z),
+                tf.function(mixture.log_prob, jit_compile=True)(z)):
+        assert got.dtype == tf.float32
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=max(own_error, 1e-5))
+    # Batch dimensions pass through: z [2, N/2, K] -> [2, N/2].
+    np.testing.assert_allclose(mixture.log_prob(tf.reshape(z, [2, -1, 40])).numpy().ravel(),
+                               want, rtol=0, atol=max(own_error, 1e-5))
+
+
+def test_vampprior_takes_the_matmul_density():
+    encoder = layers.GaussianEncoder(3, hidden_units=(16,))
+    p = priors.VampPrior((4,), num_components=5).distribution(encoder)
+    assert isinstance(p, priors.DiagonalGaussianMixture)
+    assert isinstance(p, tfd.MixtureSameFamily)          # what callers may check

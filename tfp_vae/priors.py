@@ -42,6 +42,44 @@ class _Prior(keras.layers.Layer):
         return {**super().get_config(), "num_components": self.num_components}
 
 
+class DiagonalGaussianMixture(tfd.MixtureSameFamily):
+    """`tfd.MixtureSameFamily` of `MultivariateNormalDiag` components, whose
+    `log_prob` takes two matmuls instead of a `[N, C, K]` broadcast.
+
+    ln N(z; μ_c, diag σ_c²) = −½ Σ_j (z_j − μ_cj)²/σ_cj² − Σ_j ln σ_cj − (K/2) ln 2π,
+    and the sum expands into z²·(1/σ_c²) − 2 z·(μ_c/σ_c²) + Σ_j μ_cj²/σ_cj²: for
+    N codes and C components, `[N, K] × [K, C]` matmuls. The expansion subtracts
+    numbers as large as Σ_j (|z_j| + |μ_cj|)²/σ_cj² to leave one of order K, so
+    the matmuls and the sum run in float64 (in float32 a trained posterior's
+    small scales would cost ~10⁻³ nats); the result is in the mixture's dtype,
+    equal to TFP's `MixtureSameFamily.log_prob` up to its own float32
+    rounding. Everything else (sampling, mean, …) is TFP's.
+    """
+
+    def _log_prob(self, z):
+        components = self.components_distribution
+        dtype = components.dtype
+        loc = tf.cast(components.loc, tf.float64)                           # [C, K]
+        scale = tf.cast(components.stddev(), tf.float64)                    # [C, K]
+        precision = 1.0 / tf.square(scale)
+        z = tf.cast(z, tf.float64)                                          # [..., K]
+        flat = tf.reshape(z, [-1, tf.shape(z)[-1]])                         # [N, K]
+        quadratic = (tf.matmul(tf.square(flat), precision, transpose_b=True)
+                     - 2.0 * tf.matmul(flat, loc * precision, transpose_b=True)
+                     + tf.reduce_sum(tf.square(loc) * precision, axis=-1))  # [N, C]
+        log_norm = (tf.reduce_sum(tf.math.log(scale), axis=-1)
+                    + 0.5 * tf.cast(tf.shape(loc)[-1], tf.float64) * np.log(2 * np.pi))
+        # The cancellation is over: the rest is float32, as TFP's.
+        log_components = tf.cast(-0.5 * quadratic - log_norm, dtype)           # [N, C]
+        log_weights = tf.math.log_softmax(self.mixture_distribution.logits_parameter())
+        log_p = tf.reduce_logsumexp(tf.cast(log_weights, dtype) + log_components, axis=-1)
+        return tf.reshape(log_p, tf.shape(z)[:-1])
+
+
+def _is_diagonal_gaussian(d: tfd.Distribution) -> bool:
+    return isinstance(d, tfd.MultivariateNormalDiag) and d.batch_shape.rank == 1
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class VampPrior(_Prior):
     """p(z) = (1/C) Σ_c q(z | u_c): the encoder at C learned pseudo-inputs u_c.
@@ -70,7 +108,8 @@ class VampPrior(_Prior):
         if encoder is None:
             raise ValueError("a VampPrior is built from the encoder: call distribution(encoder)")
         q = encoder(self.pseudo_inputs())                       # batch [C], event [K]
-        return tfd.MixtureSameFamily(
+        mixture = DiagonalGaussianMixture if _is_diagonal_gaussian(q) else tfd.MixtureSameFamily
+        return mixture(
             mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_components])),
             components_distribution=q)
 
