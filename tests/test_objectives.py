@@ -1,12 +1,14 @@
 """The ELBO and IWAE bound against a linear-Gaussian model with closed-form log p(x)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from linear_gaussian import LinearGaussian
-from tfp_vae import objectives
+from tfp_vae import layers, objectives
+from tfp_vae.models import VAE
 
 tfd = tfp.distributions
 
@@ -122,3 +124,78 @@ def test_free_bits_floors_each_dimension(model, x):
 def test_iwae_rejects_k_below_one(model, x):
     with pytest.raises(ValueError, match="num_samples"):
         model.vae().iwae_bound(x, 0)
+
+
+# -- the scoring path's Bernoulli likelihood and its XLA parts -------------------------------
+#
+# Tolerances: a float32 sum of D terms of size ~|l| rounds by about √D·|l|·2⁻²⁴
+# relative to it; every path below sums D ≤ 784 terms, so 1e-5 relative is
+# several such roundings and a wrong term (a sign, a dropped softplus, a group
+# reduced twice) is off by whole nats.
+
+
+@pytest.mark.parametrize("data_shape", [(28, 28, 1), (17,), (6, 5)])
+def test_bernoulli_log_likelihood_is_tfps_bernoulli_log_prob(data_shape):
+    num_samples, batch = 3, 4
+    rng = np.random.default_rng(0)
+    # Logits from confident to huge, where e^{−|l|} underflows against 1.
+    logits = (rng.normal(size=(num_samples * batch, *data_shape)) * 12).astype(np.float32)
+    x = (rng.uniform(size=(batch, *data_shape)) > 0.5).astype(np.float32)
+    x[0] = rng.uniform(size=data_shape)                  # grey levels are allowed too
+    got = objectives.bernoulli_log_likelihood(tf.constant(logits), tf.constant(x), num_samples)
+    # TFP's own Bernoulli in float64, x tiled S times as the generic path does.
+    tiled = np.tile(x, (num_samples,) + (1,) * len(data_shape)).astype(np.float64)
+    want = tfd.Independent(tfd.Bernoulli(logits=logits.astype(np.float64), dtype=tf.float64),
+                           len(data_shape)).log_prob(tiled).numpy().reshape(num_samples, batch)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    compiled = tf.function(objectives.bernoulli_log_likelihood, jit_compile=True)(
+        tf.constant(logits), tf.constant(x), num_samples)
+    np.testing.assert_allclose(compiled.numpy(), want, rtol=1e-5)
+
+
+def _digit_vae():
+    keras.utils.set_random_seed(0)
+    vae = VAE(layers.GaussianEncoder(4, hidden_units=(32,)),
+              layers.BernoulliDecoder((28, 28, 1), hidden_units=(32,)))
+    vae.build((None, 28, 28, 1))
+    x = (np.random.default_rng(1).uniform(size=(12, 28, 28, 1)) > 0.7).astype(np.float32)
+    return vae, tf.constant(x)
+
+
+def _reference_bound(vae, x, k, seed):
+    """ln (1/k) Σ w at the same k draws, every density TFP's own: the decoder's
+    logits read into `tfd.Bernoulli`, x tiled, `log_prob` summed by TFP."""
+    def decode(z):
+        logits = vae.decode(z).distribution.logits
+        return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 3)
+
+    lw = objectives.log_weights(x, vae.encode(x), decode, vae.prior_distribution(),
+                                seed=seed, num_samples=k)
+    return tf.reduce_logsumexp(lw, axis=0) - np.log(k)
+
+
+@pytest.mark.parametrize("k,chunk", [(50, 50), (250, 100)])
+def test_iwae_scoring_paths_give_the_reference_numbers_on_the_same_draws(k, chunk):
+    # The whole bound under XLA, and the XLA parts around a decoder on
+    # TensorFlow's kernels, draw the same z (XLA's sampler in both) and must
+    # give TFP's log-weights at them up to float rounding.
+    vae, x = _digit_vae()
+    seed = tf.constant([5, 6], tf.int32)
+    compiled = tf.function(lambda x, s: vae.iwae_bound(x, k, seed=s, chunk_size=chunk),
+                           jit_compile=True)(x, seed).numpy()
+    parts = tf.function(lambda x, s: vae.iwae_bound(x, k, seed=s, chunk_size=chunk,
+                                                    xla_parts=True))(x, seed).numpy()
+    np.testing.assert_allclose(parts, compiled, rtol=1e-5)
+    if k == chunk:      # one chunk: the reference draws with the same seed
+        reference = tf.function(lambda x, s: _reference_bound(vae, x, k, s),
+                                jit_compile=True)(x, seed).numpy()
+        np.testing.assert_allclose(compiled, reference, rtol=1e-5)
+    assert np.all(np.isfinite(parts)) and np.all(parts < 0)
+
+
+def test_iwae_parts_take_any_decoder():
+    # A Normal decoder has no Bernoulli shortcut: its parts compute TFP's log_prob.
+    model = LinearGaussian()
+    vae, x = model.vae(), model.sample_x(16)
+    parts = tf.function(lambda x: vae.iwae_bound(x, 40, seed=(1, 2), xla_parts=True))(x)
+    np.testing.assert_allclose(parts.numpy(), model.log_px(x), rtol=1e-4, atol=1e-4)

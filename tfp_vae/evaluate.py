@@ -16,6 +16,7 @@ numbers than outside it, so compare runs made in the same mode.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Callable, NamedTuple
 
@@ -116,10 +117,48 @@ def iwae_log_likelihood(vae, x: np.ndarray, k: int = 1000, *, seed: int = 0,
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
-    model = _as_model(vae, chunk_size=chunk_size)
-    fn = tf.function(lambda xb, s: model.iwae(xb, k, s), jit_compile=jit)
+    fn = iwae_function(vae, k, chunk_size=chunk_size, batch_size=batch_size, jit=jit)
     values = np.concatenate([fn(xb, s).numpy() for xb, s in _batches(x, batch_size, seed)])
     return float(np.mean(values, dtype=np.float64)), values
+
+
+# From this many decoded rows per chunk (chunk · batch) on, a CPU scores faster
+# with the decoder's matmuls on TensorFlow's kernels than with all of it under
+# XLA; below it the extra launches cost more than they save (docs/performance.md).
+_PARTS_MIN_ROWS = 1000
+
+
+def _scores_in_parts(vae, k: int, chunk_size: int, batch_size: int) -> bool:
+    """Whether a jit-compiled IWAE scoring of `vae` takes `iwae_bound(xla_parts=True)`
+    in a plain tf.function: a Keras model whose bound has that option, on a
+    machine without accelerators, at a chunk of at least `_PARTS_MIN_ROWS` rows."""
+    if getattr(vae, "signatures", None) is not None:
+        return False
+    if "xla_parts" not in inspect.signature(vae.iwae_bound).parameters:
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    return min(k, chunk_size) * batch_size >= _PARTS_MIN_ROWS
+
+
+def iwae_function(vae, k: int, *, chunk_size: int = 100, batch_size: int = 100,
+                  jit: bool = True) -> Callable:
+    """fn(x `[B, *data]`, seed `[2]` int32) -> the IWAE-k bound `[B]`, nats: the
+    scoring `iwae_log_likelihood` runs, for batches of about `batch_size`.
+
+    With jit, compiled where that is fastest: on a CPU, at chunks of at least
+    `_PARTS_MIN_ROWS` decoded rows, a Keras VAE's sampling and densities are
+    XLA programs and its decoder runs on TensorFlow's own matmul kernels
+    (`objectives.iwae_bound`'s `xla_parts`); otherwise the whole bound is one
+    XLA program. Both draw the same samples (XLA's) and give the same numbers
+    up to float rounding. Without jit nothing is compiled.
+    """
+    k = int(k)
+    if jit and _scores_in_parts(vae, k, chunk_size, batch_size):
+        return tf.function(lambda xb, s: vae.iwae_bound(xb, k, seed=s, chunk_size=chunk_size,
+                                                        xla_parts=True))
+    model = _as_model(vae, chunk_size=chunk_size)
+    return tf.function(lambda xb, s: model.iwae(xb, k, s), jit_compile=jit)
 
 
 def _iwae_terms(vae, x, k: int, **kwargs) -> dict:
@@ -359,5 +398,5 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
 
 __all__ = ["EvaluationError", "active_units", "default_logdir", "default_output", "elbo_terms",
            "evaluate_model", "evaluate_saved_model", "evaluate_workdir", "is_conditional",
-           "iwae_log_likelihood", "latent_means", "linear_probe", "probe_accuracy", "restore_vae",
-           "Restored"]
+           "iwae_function", "iwae_log_likelihood", "latent_means", "linear_probe",
+           "probe_accuracy", "restore_vae", "Restored"]

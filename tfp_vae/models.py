@@ -205,18 +205,21 @@ class VAE(_Model):
             seed=tfp.random.sanitize_seed(seed), num_samples=num_samples,
             analytic_kl=analytic_kl, beta=beta, free_bits=free_bits)
 
-    def iwae_bound(self, x, num_samples, *, seed=None, chunk_size=None) -> tf.Tensor:
+    def iwae_bound(self, x, num_samples, *, seed=None, chunk_size=None,
+                   xla_parts=False) -> tf.Tensor:
         """ln (1/k) Σ w_i with k = num_samples: `[B]` nats; → ln p(x) as k grows.
 
         Drawn `chunk_size` samples at a time (default min(k, 100)), so memory
-        stays bounded for k in the thousands.
+        stays bounded for k in the thousands. `xla_parts`: see
+        `objectives.iwae_bound` (how `evaluate.iwae_function` scores on a CPU).
         """
         x, q, decode = self._bound_parts(x)
         if chunk_size is None:
             chunk_size = min(int(num_samples), 100)
         return objectives.iwae_bound(
             x, q, decode, self.prior_distribution(q.event_shape[-1]),
-            seed=tfp.random.sanitize_seed(seed), num_samples=num_samples, chunk_size=chunk_size)
+            seed=tfp.random.sanitize_seed(seed), num_samples=num_samples, chunk_size=chunk_size,
+            xla_parts=xla_parts)
 
     def _bound_parts(self, inputs):
         """(x, q(z|x), decode: z [N, K] -> p(x|z)) for the objectives."""

@@ -122,7 +122,7 @@ def memory_probe(name: str, iwae_k: int, steps_per_execution=None) -> dict:
 def iwae_probe(k: int, n: int, batch: int) -> dict:
     """In a fresh process: tfp_vae's k-sample IWAE bound on n held-out digits."""
     impl = ours.TfpVae(training_arrays()[:BATCH])
-    scorer = impl.iwae_scorer(k)
+    scorer = impl.iwae_scorer(k, batch)
     batches = iwae_batches(heldout_arrays(n), batch)
     scorer(batches[0], tf.constant([0, 0], tf.int32)).numpy()     # compile outside the clock
     start = time.perf_counter()

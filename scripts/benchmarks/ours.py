@@ -1,10 +1,9 @@
 """tfp_vae on its own path: trained as `tfp_vae.train` trains it."""
 
 import keras
-import tensorflow as tf
 
 from benchmarks.standard import BATCH, HIDDEN, LATENT, LR
-from tfp_vae import execution, factory, input_pipeline
+from tfp_vae import evaluate, execution, factory, input_pipeline
 from tfp_vae.config import Config
 
 
@@ -39,6 +38,6 @@ class TfpVae:
         self.model.evaluate(self.eval_ds, verbose=0)
         return len(self.x)
 
-    def iwae_scorer(self, k: int):
-        model = self.model
-        return tf.function(lambda x, seed: model.iwae_bound(x, k, seed=seed), jit_compile=True)
+    def iwae_scorer(self, k: int, batch_size: int = 100):
+        # Scored as `evaluate.iwae_log_likelihood` scores (chunks of 100 samples).
+        return evaluate.iwae_function(self.model, k, chunk_size=100, batch_size=batch_size)
