@@ -7,7 +7,9 @@ need only TensorFlow, written so that every loader runs them.
 
 Signatures (all float32; x is `[B, *data_shape]` in [0, 1], z is `[B, K]`):
   encode(x)          -> loc, scale                 q(z|x)'s mean and standard deviation
-  decode(z)          -> mean                       E[x|z] (pixel probabilities for Bernoulli)
+  decode(z)          -> mean                       E[x|z] (pixel probabilities for Bernoulli;
+                                                   for the discretised logistic the exact
+                                                   mean over the 256 levels, in [0, 1])
   sample(n, seed)    -> mean, z                    decoder means of n prior draws; seed int32 [2]
   reconstruct(x)     -> mean                       E[x | z = E_q[z]]
   elbo(x, seed)      -> elbo, reconstruction, kl   per example, nats; seed int32 [2]
@@ -15,6 +17,9 @@ Signatures (all float32; x is `[B, *data_shape]` in [0, 1], z is `[B, K]`):
                                                    ln p(x) per example, nats; k int32 []
   serving_default    = encode                      what TF Serving runs when no signature
                                                    is named (see SERVING_DEFAULT)
+  sample_posthoc(n, seed) -> mean, z               with `posthoc=` a fitted density of z
+                                                   (`tfp_vae.posthoc.MixtureLayer`): as
+                                                   sample, z drawn from it instead of p(z)
 
 A `ConditionalVAE`'s signatures take its labels too: y int32 `[B]` beside x
 (encode, reconstruct, elbo, iwae) and beside z (decode), and sample takes
@@ -39,6 +44,8 @@ import tensorflow as tf
 from tfp_vae import files
 
 SIGNATURES = ("encode", "decode", "sample", "reconstruct", "elbo", "iwae")
+# Added when the export is given a post-hoc density of z (`posthoc=`).
+POSTHOC_SIGNATURE = "sample_posthoc"
 # TF Serving's REST `predict` runs `serving_default` when no signature is named:
 # images to their codes, what a dimensionality-reduction model is served for.
 SERVING_DEFAULT = "encode"
@@ -49,14 +56,16 @@ TFLITE_SIGNATURES = ("decode", "encode", "reconstruct")
 # (memory O(chunk · B); k need not be a multiple of it).
 IWAE_CHUNK = 100
 
-__all__ = ["AUTOENCODER_SIGNATURES", "IWAE_CHUNK", "SERVING_DEFAULT", "SIGNATURES",
-           "TFLITE_SIGNATURES", "archive", "built_data_shape", "export_saved_model",
-           "export_tflite", "model_signatures", "serve_as_version"]
+__all__ = ["AUTOENCODER_SIGNATURES", "IWAE_CHUNK", "POSTHOC_SIGNATURE", "SERVING_DEFAULT",
+           "SIGNATURES", "TFLITE_SIGNATURES", "archive", "built_data_shape",
+           "export_saved_model", "export_tflite", "model_signatures", "serve_as_version"]
 
 
-def _endpoints(model, data_shape) -> dict:
+def _endpoints(model, data_shape, posthoc=None) -> dict:
     """{name: (function, input signature)} of `model`'s signatures. Each function
-    takes the model's inputs first: `x`, or `x, y` for a conditional model."""
+    takes the model's inputs first: `x`, or `x, y` for a conditional model.
+    With `posthoc` (a layer whose `distribution()` has event `[K]`), also
+    POSTHOC_SIGNATURE."""
     conditional = hasattr(model, "num_classes")
     x_spec = tf.TensorSpec([None, *data_shape], tf.float32, name="x")
     z_spec = tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")
@@ -96,9 +105,17 @@ def _endpoints(model, data_shape) -> dict:
         return {"log_likelihood": model.iwae_bound(inputs(xs), k, seed=s,
                                                    chunk_size=IWAE_CHUNK)}
 
-    return {"encode": (encode, [x_spec, *y]), "decode": (decode, [z_spec, *y]),
-            "sample": (sample, [n, seed, *label]), "reconstruct": (reconstruct, [x_spec, *y]),
-            "elbo": (elbo, [x_spec, *y, seed]), "iwae": (iwae, [x_spec, *y, k, seed])}
+    def sample_posthoc(n, seed, *labels):
+        z = posthoc.distribution().sample(n, seed=seed)
+        ys = [tf.fill([n], labels[0])] if labels else []
+        return {"mean": model.decode(z, *ys).mean(), "z": z}
+
+    out = {"encode": (encode, [x_spec, *y]), "decode": (decode, [z_spec, *y]),
+           "sample": (sample, [n, seed, *label]), "reconstruct": (reconstruct, [x_spec, *y]),
+           "elbo": (elbo, [x_spec, *y, seed]), "iwae": (iwae, [x_spec, *y, k, seed])}
+    if posthoc is not None:
+        out[POSTHOC_SIGNATURE] = (sample_posthoc, [n, seed, *label])
+    return out
 
 
 # A deterministic autoencoder has no likelihood bound to score nor a prior to sample.
@@ -110,35 +127,50 @@ def model_signatures(model) -> tuple[str, ...]:
     return SIGNATURES if hasattr(model, "iwae_bound") else AUTOENCODER_SIGNATURES
 
 
-def archive(model, data_shape=None, signatures=None) -> keras.export.ExportArchive:
+def archive(model, data_shape=None, signatures=None,
+            posthoc=None) -> keras.export.ExportArchive:
     """A `keras.export.ExportArchive` holding `model` and its `signatures` (default:
-    `model_signatures(model)`), the `SERVING_DEFAULT` one first (ExportArchive
-    serves its first endpoint as `serving_default`). data_shape: one example's
-    shape; default: the model's."""
-    signatures = model_signatures(model) if signatures is None else tuple(signatures)
+    `model_signatures(model)`, and POSTHOC_SIGNATURE with `posthoc`), the
+    `SERVING_DEFAULT` one first (ExportArchive serves its first endpoint as
+    `serving_default`). data_shape: one example's shape; default: the model's.
+    posthoc: a built Keras layer whose `distribution()` is a density of z,
+    event `[K]`; the archive tracks it, so its weights are saved as variables."""
+    available = model_signatures(model) + ((POSTHOC_SIGNATURE,) if posthoc is not None else ())
+    signatures = available if signatures is None else tuple(signatures)
     if data_shape is None:
         data_shape = built_data_shape(model)
     data_shape = tuple(int(d) for d in data_shape)
-    endpoints = _endpoints(model, data_shape)
-    unknown = sorted(set(signatures) - set(model_signatures(model)))
+    if posthoc is not None:
+        event = posthoc.distribution().event_shape
+        if event != [model.latent_dim]:
+            raise ValueError(f"the post-hoc density has event shape {event}; the model's z "
+                             f"has [{model.latent_dim}]")
+    endpoints = _endpoints(model, data_shape, posthoc)
+    unknown = sorted(set(signatures) - set(available))
     if unknown:
+        hint = (f"; pass posthoc= for {POSTHOC_SIGNATURE}" if POSTHOC_SIGNATURE in unknown
+                else "")
         raise ValueError(f"{type(model).__name__} has no signatures {unknown}; it has "
-                         f"{', '.join(model_signatures(model))}")
+                         f"{', '.join(available)}{hint}")
     ordered = sorted(signatures, key=lambda name: name != SERVING_DEFAULT)
     out = keras.export.ExportArchive()
     out.track(model)
+    if posthoc is not None:
+        out.track(posthoc)
     for name in ordered:
         fn, spec = endpoints[name]
         out.add_endpoint(name, fn, input_signature=spec)
     return out
 
 
-def export_saved_model(model, path: str, data_shape=None) -> str:
+def export_saved_model(model, path: str, data_shape=None, posthoc=None) -> str:
     """Writes `model` as a SavedModel at `path` (atomically); returns `path`.
 
     data_shape: one example's shape; default: the shape the model was built with.
+    posthoc: a fitted density layer of z (`tfp_vae.posthoc.MixtureLayer`): adds
+    the POSTHOC_SIGNATURE signature, its parameters saved as variables.
     """
-    exported = archive(model, data_shape)
+    exported = archive(model, data_shape, posthoc=posthoc)
     with files.atomic_directory(path) as tmp:
         exported.write_out(tmp, verbose=False)
     return path

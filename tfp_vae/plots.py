@@ -261,6 +261,60 @@ def rows_by_class(
     return _save(fig, path)
 
 
+def _panels(by_name, arg: str, what: str, check) -> dict:
+    """{str(name): check(value, ...)} of a non-empty {panel name: array} argument."""
+    if not isinstance(by_name, Mapping) or not by_name:
+        raise ValueError(f"{arg} must be a non-empty dict of name -> {what}")
+    return {str(name): check(value, f"{arg}[{name!r}]") for name, value in by_name.items()}
+
+
+def side_by_side_grids(
+    images_by_name: Mapping[str, Any],
+    path: PathLike,
+    ncols: int | None = None,
+    title: str | None = None,
+) -> str:
+    """Several image grids side by side, one titled panel each (e.g. samples
+    with z from the prior beside samples with z from a post-hoc mixture).
+
+    Args:
+      images_by_name: {panel title: images [N, H, W, C] in [0, 1]}, in order;
+        every panel's images have the same H, W and C.
+      path: the PNG to write.
+      ncols: images per row of each grid; default ceil(sqrt(N)) of the largest.
+      title: optional figure title.
+
+    Returns:
+      path, as a string.
+    """
+    panels = _panels(images_by_name, "images_by_name", "images", _check_images)
+    shapes = {images.shape[1:] for images in panels.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"every panel's images must have one [H, W, C], got {sorted(shapes)}")
+    if ncols is None:
+        ncols = math.ceil(math.sqrt(max(len(images) for images in panels.values())))
+    _check_positive_int(ncols, "ncols")
+    tiles = [_tile(images, ncols) for images in panels.values()]
+    height = max(t.shape[0] for t in tiles)
+    width = sum(t.shape[1] for t in tiles)
+    scale = min(_INCHES_PER_PIXEL, _MAX_WIDTH / width, _MAX_HEIGHT / height)
+    fig = _figure(
+        (max(width * scale + 0.4 * len(tiles), 1.5), height * scale + (0.9 if title else 0.5)),
+        layout="compressed",
+    )
+    axes = fig.subplots(1, len(tiles), squeeze=False)[0]
+    for ax, (name, tiled) in zip(axes, zip(panels, tiles)):
+        if tiled.shape[2] == 1:
+            ax.imshow(tiled[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(tiled, interpolation="nearest")
+        ax.set_title(name)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------- scatter figures
 
 
@@ -312,12 +366,7 @@ def side_by_side_scatter(
     Returns:
       path, as a string.
     """
-    if not isinstance(codes_by_name, Mapping) or not codes_by_name:
-        raise ValueError("codes_by_name must be a non-empty dict of name -> codes [N, K]")
-    panels = {
-        str(name): _check_codes(codes, f"codes_by_name[{name!r}]")
-        for name, codes in codes_by_name.items()
-    }
+    panels = _panels(codes_by_name, "codes_by_name", "codes [N, K]", _check_codes)
     sizes = {len(codes) for codes in panels.values()}
     if labels is not None and len(sizes) > 1:
         raise ValueError(
