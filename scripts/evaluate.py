@@ -2,9 +2,11 @@
 
     python scripts/evaluate.py --workdir=runs/default              # latest checkpoint
     python scripts/evaluate.py --saved_model=runs/default/saved_model --k=5000
+    python scripts/evaluate.py --weights=runs/default/model.weights.h5   # + config.json beside
 
 Prints a table and writes it as JSON (default `WORKDIR/evaluation.json`, or
-`saved_model_evaluation.json` beside a SavedModel). All numbers are nats per
+`saved_model_evaluation.json` beside a SavedModel, `weights_evaluation.json`
+beside a weights file). All numbers are nats per
 example except the counts and the probe's accuracy.
 """
 
@@ -15,11 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from tfp_vae import cli, workdir as workdir_lib  # noqa: E402
+from tfp_vae.errors import EvaluationError  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory: evaluates its "
                                "latest checkpoint.")
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "A SavedModel directory (from "
                                    "export_saved_model) to evaluate instead of a workdir.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "A weights file (a run's model.weights.h5) "
+                               "to evaluate instead, the model rebuilt from the config.json "
+                               "beside it.")
 _K = flags.DEFINE_integer("k", 1000, "Importance samples per example for the IWAE estimate.",
                           lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Examples per evaluation step.",
@@ -53,7 +59,8 @@ _ROWS = (
 
 def format_table(result: dict) -> str:
     """The result as aligned `label  value` lines, a header line first."""
-    where = result.get("checkpoint") or "SavedModel"
+    where = result.get("checkpoint") or {"weights": "weights file"}.get(result.get("source"),
+                                                                       "SavedModel")
     lines = [f"{result['path']} ({where}), {result['split']} split, "
              f"{result['num_examples']} examples, seed {result['seed']}"]
     for key, label, fmt in _ROWS:
@@ -67,10 +74,17 @@ def format_table(result: dict) -> str:
 
 def main(argv):
     del argv   # cli.run has refused positional arguments
-    if (_WORKDIR.value is None) == (_SAVED_MODEL.value is None):
-        raise app.UsageError("pass exactly one of --workdir and --saved_model")
+    sources = [name for name, flag in (("workdir", _WORKDIR), ("saved_model", _SAVED_MODEL),
+                                       ("weights", _WEIGHTS)) if flag.value is not None]
+    if len(sources) != 1:
+        raise app.UsageError("pass exactly one of --workdir, --saved_model and --weights")
     if _WORKDIR.value is not None:
         workdir_lib.run_config(_WORKDIR.value)      # no run there: said before TF loads
+    if _WEIGHTS.value is not None:                  # nor a weights file, nor its config
+        if not os.path.isfile(_WEIGHTS.value):
+            raise EvaluationError(f"no weights file at {_WEIGHTS.value}; pass a run's "
+                                  "model.weights.h5")
+        workdir_lib.run_config(os.path.dirname(os.path.abspath(_WEIGHTS.value)))
     from absl import logging
     # TensorFlow loads here, once the flags have been checked: a bad flag fails at once.
     from tfp_vae import evaluate
@@ -83,13 +97,16 @@ def main(argv):
                    tensorboard=_TENSORBOARD.value)
     if _WORKDIR.value is not None:
         result = evaluate.evaluate_workdir(_WORKDIR.value, **options)
-    else:
+    elif _SAVED_MODEL.value is not None:
         result = evaluate.evaluate_saved_model(_SAVED_MODEL.value, **options)
-    output = _OUTPUT.value or evaluate.default_output(_WORKDIR.value, _SAVED_MODEL.value)
+    else:
+        result = evaluate.evaluate_weights(_WEIGHTS.value, **options)
+    where = dict(workdir=_WORKDIR.value, saved_model=_SAVED_MODEL.value, weights=_WEIGHTS.value)
+    output = _OUTPUT.value or evaluate.default_output(**where)
     print(format_table(result))
     print(f"written to {output}")
     if _TENSORBOARD.value:
-        logdir = evaluate.default_logdir(_WORKDIR.value, _SAVED_MODEL.value, _SPLIT.value)
+        logdir = evaluate.default_logdir(split=_SPLIT.value, **where)
         print(f"and to TensorBoard: tensorboard --logdir {os.path.dirname(logdir)}")
     return 0
 

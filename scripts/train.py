@@ -40,7 +40,7 @@ def main(argv):
           f"KL {metrics['kl']:.2f}); IWAE-{k} log-likelihood estimate "
           f"{metrics[f'iwae_{k}']:.2f} nats, on {metrics['num_examples']} test images")
     print(f"artifacts in {workdir}/: config.json checkpoints/ tensorboard/ figures/ "
-          "saved_model/ serving/ metrics.json")
+          "saved_model/ serving/ model.weights.h5 metrics.json")
     return 0
 
 

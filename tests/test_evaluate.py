@@ -2,6 +2,7 @@
 evaluated from its workdir and from its SavedModel."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -129,6 +130,46 @@ def test_workdir_and_saved_model_give_the_same_numbers(tiny_run, tmp_path):
     assert abs(from_saved[k] - from_workdir[k]) < 0.5
     np.testing.assert_allclose(from_saved["active_unit_variances"],
                                from_workdir["active_unit_variances"], rtol=1e-5)
+
+
+
+def test_a_runs_weights_file_alone_with_its_config_is_the_model(tiny_run, tmp_path):
+    # What a published model is: config.json and model.weights.h5, copied
+    # anywhere without the checkpoints. Evaluated, it gives the workdir's numbers.
+    workdir, config, metrics = tiny_run
+    published = tmp_path / "published"
+    published.mkdir()
+    for name in ("config.json", "model.weights.h5"):
+        shutil.copy(os.path.join(workdir, name), published / name)
+    options = dict(k=config.eval_iwae_k, batch_size=config.batch_size, probe=False,
+                   tensorboard=False)
+    from_weights = evaluate.evaluate_weights(str(published / "model.weights.h5"), **options)
+    assert from_weights["source"] == "weights"
+    assert files.read_json(published / "weights_evaluation.json") == from_weights
+    k = f"iwae_{config.eval_iwae_k}"
+    for key in ("elbo", "reconstruction", "kl", k):
+        np.testing.assert_allclose(from_weights[key], metrics[key], rtol=1e-6)
+    # A run made before runs wrote the file gets it from its checkpoint: the same weights.
+    again = evaluate.export_run_weights(workdir, str(tmp_path / "again.weights.h5"))
+    vae, _ = evaluate.restore_weights(again, config)
+    want, _ = evaluate.restore_weights(os.path.join(workdir, "model.weights.h5"))
+    for a, b in zip(vae.weights, want.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_weights_that_do_not_fit_their_config_are_a_one_line_error(tiny_run, tmp_path):
+    workdir, config, _ = tiny_run
+    with pytest.raises(evaluate.EvaluationError, match="no weights file"):
+        evaluate.evaluate_weights(str(tmp_path / "absent.weights.h5"))
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(os.path.join(workdir, "model.weights.h5"), other / "model.weights.h5")
+    files.write_json(other / "config.json",
+                     {**files.read_json(os.path.join(workdir, "config.json")), "latent_dim": 3})
+    with pytest.raises(evaluate.EvaluationError, match="does not hold the weights") as e:
+        evaluate.evaluate_weights(str(other / "model.weights.h5"), probe=False)
+    assert "\n" not in str(e.value)
+    assert sorted(os.listdir(other)) == ["config.json", "model.weights.h5"]   # nothing written
 
 
 def test_iwae_is_above_the_elbo_on_the_trained_model(tiny_run, tmp_path):

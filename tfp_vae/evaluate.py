@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import (data, factory, files, input_pipeline, latent_use, summaries,
+from tfp_vae import (data, export, factory, files, input_pipeline, latent_use, summaries,
                      workdir as workdir_lib)
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import VARIATIONAL, Config
@@ -242,24 +242,34 @@ def _inputs(model, x: np.ndarray, y: np.ndarray | None):
 # -- from a run's workdir or a SavedModel --------------------------------------------
 
 
-def default_output(workdir: str | None = None, saved_model: str | None = None) -> str:
+def _exported(saved_model: str | None, weights: str | None) -> tuple[str, str]:
+    """(the folder an exported model sits in, the prefix of what its evaluation writes)."""
+    if saved_model is not None:
+        return os.path.dirname(os.path.normpath(saved_model)), "saved_model_evaluation"
+    return os.path.dirname(os.path.normpath(weights)), "weights_evaluation"
+
+
+def default_output(workdir: str | None = None, saved_model: str | None = None,
+                   weights: str | None = None) -> str:
     """Where an evaluation's JSON goes unless told: `workdir/evaluation.json`, or
-    `saved_model_evaluation.json` beside the SavedModel directory."""
+    `saved_model_evaluation.json` beside the SavedModel directory, or
+    `weights_evaluation.json` beside the weights file."""
     if workdir is not None:
         return workdir_lib.paths(workdir).evaluation
-    return os.path.join(os.path.dirname(os.path.normpath(saved_model)),
-                        "saved_model_evaluation.json")
+    folder, prefix = _exported(saved_model, weights)
+    return os.path.join(folder, f"{prefix}.json")
 
 
 def default_logdir(workdir: str | None = None, saved_model: str | None = None,
-                   split: str = "test") -> str:
+                   split: str = "test", weights: str | None = None) -> str:
     """Where an evaluation's TensorBoard run goes: a run of the workdir's
     `tensorboard/` (`evaluation_<split>`), or of one beside the SavedModel
-    directory (`saved_model_evaluation_<split>`)."""
+    directory or the weights file (`saved_model_evaluation_<split>`,
+    `weights_evaluation_<split>`)."""
     if workdir is not None:
         return os.path.join(workdir_lib.paths(workdir).tensorboard, f"evaluation_{split}")
-    return os.path.join(os.path.dirname(os.path.normpath(saved_model)), "tensorboard",
-                        f"saved_model_evaluation_{split}")
+    folder, prefix = _exported(saved_model, weights)
+    return os.path.join(folder, "tensorboard", f"{prefix}_{split}")
 
 
 class Restored(NamedTuple):
@@ -278,10 +288,7 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
     if config.model not in VARIATIONAL:
         raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates "
                               f"{' and '.join(VARIATIONAL)} runs")
-    shape = data.data_shape(config.dataset, data_dir=config.data_dir)
-    classes = data.num_classes(config.dataset, data_dir=config.data_dir) if config.conditional \
-        else None
-    vae = factory.build_model(config, shape, classes)
+    vae = _built_vae(config)
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)
@@ -296,6 +303,45 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
         best.restore()
         best_epoch = int(best.epoch.numpy()) + 1
     return Restored(vae, restored, int(optimizer.iterations.numpy()), best_epoch)
+
+
+def _built_vae(config: Config):
+    """A freshly built VAE of `config`, for its data set's shape (and classes)."""
+    if config.model not in VARIATIONAL:
+        raise EvaluationError(f"the config is of a model={config.model} run; this evaluates "
+                              f"{' and '.join(VARIATIONAL)} runs")
+    shape = data.data_shape(config.dataset, data_dir=config.data_dir)
+    classes = data.num_classes(config.dataset, data_dir=config.data_dir) if config.conditional \
+        else None
+    return factory.build_model(config, shape, classes)
+
+
+def restore_weights(path: str, config: Config | None = None):
+    """(the VAE whose weights `export.save_weights` wrote to `path`, its Config).
+
+    The Config is the `config.json` beside the file unless given: a run's
+    workdir holds both, and so does a published model's folder."""
+    if not os.path.isfile(path):
+        raise EvaluationError(f"no weights file at {path}; pass a run's model.weights.h5")
+    if config is None:
+        config = workdir_lib.run_config(os.path.dirname(os.path.abspath(path)))
+    vae = _built_vae(config)
+    try:
+        vae.load_weights(path)
+    except (ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvaluationError(f"{path} does not hold the weights of the model its config.json "
+                              f"describes ({first})") from None
+    return vae, config
+
+
+def export_run_weights(workdir: str, path: str | None = None) -> str:
+    """Writes the weights of a run's restored model (the best epoch's, with early
+    stopping: those its SavedModel holds) to `path` (default
+    `workdir/model.weights.h5`, what a run writes at its end); returns the path.
+    For runs made before runs wrote it."""
+    vae = restore_vae(workdir).vae
+    return export.save_weights(vae, path or workdir_lib.paths(workdir).weights)
 
 
 def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, seed: int | None,
@@ -396,7 +442,33 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
     return out
 
 
+def evaluate_weights(path: str, *, config: Config | None = None, k: int = 1000,
+                     split: str = "test", batch_size: int = 100, seed: int | None = None,
+                     limit: int | None = None, data_dir: str | None = None,
+                     output: str | None = None, probe: bool = True, jit: bool = True,
+                     tensorboard: bool = True) -> dict:
+    """Evaluates the model of a weights file (`export.save_weights`; a run's
+    `model.weights.h5`) rebuilt from the config.json beside it (`restore_weights`):
+    the numbers `evaluate_workdir` gives for the run's restored model. Writes
+    the result to `output` (default `weights_evaluation.json` beside the file)
+    and returns it; with `tensorboard`, also the TensorBoard run
+    `tensorboard/weights_evaluation_<split>` beside it."""
+    if config is None and os.path.isfile(path):
+        config = workdir_lib.run_config(os.path.dirname(os.path.abspath(path)))
+    if config is not None and data_dir is not None:
+        config = config.replace(data_dir=data_dir)
+    vae, config = restore_weights(path, config)
+    out = {"source": "weights", "path": path, "dataset": config.dataset}
+    out.update(_evaluate(vae, config, k=k, split=split, batch_size=batch_size, seed=seed,
+                         limit=limit, probe=probe, jit=jit,
+                         logdir=default_logdir(weights=path, split=split) if tensorboard
+                         else None))
+    files.write_json(output or default_output(weights=path), out)
+    return out
+
+
 __all__ = ["EvaluationError", "active_units", "default_logdir", "default_output", "elbo_terms",
-           "evaluate_model", "evaluate_saved_model", "evaluate_workdir", "is_conditional",
-           "iwae_function", "iwae_log_likelihood", "latent_means", "linear_probe",
-           "probe_accuracy", "restore_vae", "Restored"]
+           "evaluate_model", "evaluate_saved_model", "evaluate_weights", "evaluate_workdir",
+           "export_run_weights", "is_conditional", "iwae_function", "iwae_log_likelihood",
+           "latent_means", "linear_probe", "probe_accuracy", "restore_vae", "restore_weights",
+           "Restored"]

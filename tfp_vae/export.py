@@ -58,7 +58,8 @@ IWAE_CHUNK = 100
 
 __all__ = ["AUTOENCODER_SIGNATURES", "IWAE_CHUNK", "POSTHOC_SIGNATURE", "SERVING_DEFAULT",
            "SIGNATURES", "TFLITE_SIGNATURES", "archive", "built_data_shape",
-           "export_saved_model", "export_tflite", "model_signatures", "serve_as_version"]
+           "export_saved_model", "export_tflite", "model_signatures", "save_weights",
+           "serve_as_version"]
 
 
 def _endpoints(model, data_shape, posthoc=None) -> dict:
@@ -161,6 +162,25 @@ def archive(model, data_shape=None, signatures=None,
         fn, spec = endpoints[name]
         out.add_endpoint(name, fn, input_signature=spec)
     return out
+
+
+def save_weights(model, path: str) -> str:
+    """Writes `model`'s weights to `path` (a `.weights.h5` file, Keras' format)
+    atomically; returns `path`. With the run's config.json beside it, that is
+    the whole model: `tfp_vae.evaluate.evaluate_weights` rebuilds and scores it."""
+    if not path.endswith(".weights.h5"):
+        raise ValueError(f"a Keras weights file ends in .weights.h5; got {path}")
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.getpid()}.{os.path.basename(path)}")
+    with files.writing("the weights", path):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            model.save_weights(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return path
 
 
 def export_saved_model(model, path: str, data_shape=None, posthoc=None) -> str:

@@ -221,7 +221,8 @@ def end_epoch(model, epoch: int, logs: dict, history: dict, paths: workdir_lib.P
 def write_artifacts(model, config: Config, splits: input_pipeline.Splits, history: dict,
                     metrics: dict, paths: workdir_lib.Paths) -> None:
     """metrics.json, then the figures, the SavedModel (with TF Serving's layout
-    beside it) and the TFLite model the config asks for."""
+    beside it, and the same weights as model.weights.h5) and the TFLite model
+    the config asks for."""
     files.write_json(paths.metrics, metrics)
     if config.figures:
         x = input_pipeline.evaluation_arrays(config, splits.x_test)
@@ -229,6 +230,7 @@ def write_artifacts(model, config: Config, splits: input_pipeline.Splits, histor
         write(model, x, splits.y_test, history, paths.figures, seed=config.seed)
     if config.export:
         export.export_saved_model(model, paths.saved_model)
+        export.save_weights(model, paths.weights)
         export.serve_as_version(paths.saved_model, paths.serving,
                                 int(model.optimizer.iterations.numpy()))
     if config.export_tflite:

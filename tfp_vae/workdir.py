@@ -7,6 +7,8 @@
     workdir/figures/*.png    figures of the trained model
     workdir/saved_model/     the SavedModel export
     workdir/serving/<step>   a link to it: TF Serving's layout (--model_base_path=workdir/serving)
+    workdir/model.weights.h5 the weights the SavedModel holds, in Keras' format: with
+                             config.json, the model (`evaluate.evaluate_weights`)
     workdir/model.tflite     with --export_tflite: the decode and encode signatures for TFLite
     workdir/metrics.json     the end-of-run test metrics
     workdir/evaluation.json  what scripts/evaluate.py wrote
@@ -41,6 +43,7 @@ class Paths(NamedTuple):
     figures: str
     saved_model: str
     serving: str
+    weights: str
     tflite: str
     metrics: str
     evaluation: str
@@ -51,7 +54,8 @@ def paths(workdir: str) -> Paths:
     return Paths(root=workdir, config=join("config.json"), checkpoints=join("checkpoints"),
                  history=join("history.json"), tensorboard=join("tensorboard"),
                  figures=join("figures"), saved_model=join("saved_model"),
-                 serving=join("serving"), tflite=join("model.tflite"),
+                 serving=join("serving"), weights=join("model.weights.h5"),
+                 tflite=join("model.tflite"),
                  metrics=join("metrics.json"), evaluation=join("evaluation.json"))
 
 
