@@ -4,6 +4,7 @@ evaluated from its workdir and from its SavedModel."""
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -145,6 +146,8 @@ def test_a_runs_weights_file_alone_with_its_config_is_the_model(tiny_run, tmp_pa
                    tensorboard=False)
     from_weights = evaluate.evaluate_weights(str(published / "model.weights.h5"), **options)
     assert from_weights["source"] == "weights"
+    with h5py.File(published / "model.weights.h5") as f:        # the model, not Adam's slots
+        assert "optimizer" not in f and {"encoder", "decoder"} <= set(f.keys())
     assert files.read_json(published / "weights_evaluation.json") == from_weights
     k = f"iwae_{config.eval_iwae_k}"
     for key in ("elbo", "reconstruction", "kl", k):

@@ -40,6 +40,7 @@ import tempfile
 
 import keras
 import tensorflow as tf
+from keras.src.saving import saving_lib     # save_weights_only(objects_to_skip=): no public form
 
 from tfp_vae import files
 
@@ -175,7 +176,13 @@ def save_weights(model, path: str) -> str:
     with files.writing("the weights", path):
         os.makedirs(directory, exist_ok=True)
         try:
-            model.save_weights(tmp)
+            # A compiled model's save_weights also writes its optimizer's slots
+            # (Adam's two per weight: 3x the file); the model is its weights alone.
+            optimizer = getattr(model, "optimizer", None)
+            if optimizer is None:
+                model.save_weights(tmp)
+            else:
+                saving_lib.save_weights_only(model, tmp, objects_to_skip=[optimizer])
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
