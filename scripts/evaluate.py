@@ -7,7 +7,9 @@
 Prints a table and writes it as JSON (default `WORKDIR/evaluation.json`, or
 `saved_model_evaluation.json` beside a SavedModel, `weights_evaluation.json`
 beside a weights file). All numbers are nats per
-example except the counts and the probe's accuracy.
+example except the counts, the probe's accuracy and the bits per dimension
+(−ln p / (D ln 2), D = H·W·C: shown for a logistic decoder's 8-bit pixels and a
+Bernoulli decoder's binarised ones, the standard unit for colour images).
 """
 
 import os
@@ -52,6 +54,9 @@ _ROWS = (
     ("kl", "  KL(q(z|x) || p(z))", "{:.2f} nats"),
     ("iwae", "IWAE-{k} estimate of ln p(x)", "{:.2f} nats"),
     ("iwae_stderr", "  its standard error over the images", "{:.2f} nats"),
+    ("elbo_bpd", "ELBO in bits per dimension", "{:.3f} bits/dim"),
+    ("iwae_bpd", "IWAE-{k} in bits per dimension", "{:.3f} bits/dim"),
+    ("bpd_dimension", "  where a dimension is", "{}"),
     ("active_units", "active units (Var E_q[z_u] > 0.01)", "{} of {latent_dim}"),
     ("linear_probe_accuracy", "linear probe accuracy", "{:.3f}"),
 )

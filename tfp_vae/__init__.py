@@ -18,6 +18,7 @@ _SUBMODULES = ("bodies", "callbacks", "checkpoints", "cli", "config", "data", "d
                "workdir")
 _NAMES = {
     "GaussianEncoder": "layers", "BernoulliDecoder": "layers", "NormalDecoder": "layers",
+    "DiscretizedLogisticDecoder": "layers",
     "DenseTranspose": "tied", "TiedDecoder": "tied", "VAE": "models",
     "ConditionalVAE": "models", "HierarchicalVAE": "hvae", "Autoencoder": "models",
     "ELBO": "objectives", "PCA": "pca",

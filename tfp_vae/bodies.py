@@ -2,7 +2,8 @@
 
 A body is any Keras layer; a distribution layer (`tfp_vae.layers`) adds only
 its head. These build the ones a `Config` names: an MLP of ReLU or gated
-layers, or the conv stacks of `arch=conv`.
+layers, the conv stacks of `arch=conv` (28×28 digits), or the residual stacks
+of `arch=resnet` (colour images of 32×32, 64×64 and larger).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Sequence
 import keras
 import numpy as np
 
-__all__ = ["Branched", "GatedDense", "branched", "check_conv_shape", "check_units", "conv_decoder_body", "conv_encoder_body",
-           "gated_mlp", "mlp"]
+__all__ = ["Branched", "GatedDense", "ResidualBlock", "branched", "check_conv_shape",
+           "check_resnet_shape", "check_units", "conv_decoder_body", "conv_encoder_body",
+           "gated_mlp", "mlp", "resnet_decoder_body", "resnet_encoder_body"]
 
 
 def check_units(hidden_units: Sequence[int]) -> tuple[int, ...]:
@@ -62,6 +64,111 @@ def conv_decoder_body(data_shape, filters: Sequence[int] = (64, 32), activation=
          keras.layers.Reshape((height // 4, width // 4, filters[0]))]
         + [keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation)
            for f in filters], name=name)
+
+
+# arch=resnet downsamples until the feature map is this many pixels on a side.
+RESNET_BOTTOM = 4
+
+
+def check_resnet_shape(data_shape) -> tuple[int, int, int]:
+    """`data_shape` as (H, W, C); ValueError unless H and W are 4·2ⁿ with n ≥ 1
+    (8, 16, 32, 64, ...), so that stride-2 steps take each to 4."""
+    shape = tuple(int(d) for d in data_shape)
+
+    def reaches_bottom(side: int) -> bool:
+        n = side // RESNET_BOTTOM
+        return side % RESNET_BOTTOM == 0 and n >= 2 and n & (n - 1) == 0
+
+    if len(shape) != 3 or not (reaches_bottom(shape[0]) and reaches_bottom(shape[1])):
+        raise ValueError(f"resnet bodies need images [H, W, C] with H and W of 4·2ⁿ (8, 16, 32, "
+                         f"64, ...), halved to {RESNET_BOTTOM}x{RESNET_BOTTOM}; got {shape}")
+    return shape
+
+
+def _resnet_strides(data_shape) -> list[tuple[int, int]]:
+    """The (row, column) strides of each stage that takes H×W to 4×4: 2 along an axis
+    still larger than 4, else 1 (a 32×64 image halves its width once more)."""
+    height, width, _ = check_resnet_shape(data_shape)
+    strides = []
+    while height > RESNET_BOTTOM or width > RESNET_BOTTOM:
+        stride = (2 if height > RESNET_BOTTOM else 1, 2 if width > RESNET_BOTTOM else 1)
+        strides.append(stride)
+        height, width = height // stride[0], width // stride[1]
+    return strides
+
+
+@keras.saving.register_keras_serializable(package="tfp_vae")
+class ResidualBlock(keras.layers.Layer):
+    """x + conv₁ₓ₁(act(conv₃ₓ₃(act(x)))): `[B, H, W, channels] -> [B, H, W, channels]`.
+
+    The residual block of VQ-VAE (van den Oord et al. 2017), pre-activation
+    (He et al. 2016): the identity path is untouched, so a stack of them
+    starts near the identity and trains deep.
+
+    >>> tuple(ResidualBlock(4)(keras.ops.zeros([2, 8, 8, 4])).shape)
+    (2, 8, 8, 4)
+    """
+
+    def __init__(self, channels: int, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        if int(channels) <= 0:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.channels = int(channels)
+        self.activation = activation
+        self._act = keras.activations.get(activation)
+        self.conv3 = keras.layers.Conv2D(self.channels, 3, padding="same", name="conv3")
+        self.conv1 = keras.layers.Conv2D(self.channels, 1, name="conv1")
+
+    def build(self, input_shape):
+        if int(input_shape[-1]) != self.channels:
+            raise ValueError(f"ResidualBlock({self.channels}) got {input_shape[-1]} channels")
+        if not self.conv3.built:                # loading builds sublayers first
+            self.conv3.build(input_shape)
+            self.conv1.build(tuple(input_shape[:-1]) + (self.channels,))
+        self.built = True
+
+    def call(self, x):
+        return x + self.conv1(self._act(self.conv3(self._act(x))))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels,
+                "activation": self.activation}
+
+
+def resnet_encoder_body(data_shape, channels: int = 64, blocks: int = 1, activation="relu",
+                        name: str | None = None):
+    """Residual stages down to 4×4: x `[B, H, W, C]` -> features `[B, 4, 4, channels]`.
+
+    Each stage is a stride-2 4×4 convolution (VQ-VAE's downsampling) and
+    `blocks` ResidualBlocks; every layer has `channels` channels; a last
+    activation feeds the encoder's dense head. 32×32 takes 3 stages, 64×64 4.
+    """
+    layers = []
+    for stride in _resnet_strides(data_shape):
+        layers.append(keras.layers.Conv2D(channels, 4, strides=stride, padding="same",
+                                          activation=activation))
+        layers += [ResidualBlock(channels, activation) for _ in range(int(blocks))]
+    layers.append(keras.layers.Activation(activation))
+    return keras.Sequential(layers, name=name)
+
+
+def resnet_decoder_body(data_shape, channels: int = 64, blocks: int = 1, activation="relu",
+                        name: str | None = None):
+    """The mirror: z `[B, K]` -> a dense map to `[B, 4, 4, channels]`, then per stage
+    `blocks` ResidualBlocks and a stride-2 4×4 transposed convolution, to
+    features `[B, H, W, channels]`: image-shaped, so the decoder layer puts a
+    per-pixel (1x1) head on them."""
+    strides = _resnet_strides(data_shape)
+    layers = [keras.layers.Dense(RESNET_BOTTOM * RESNET_BOTTOM * channels, activation=activation),
+              keras.layers.Reshape((RESNET_BOTTOM, RESNET_BOTTOM, channels))]
+    for stride in reversed(strides):
+        layers += [ResidualBlock(channels, activation) for _ in range(int(blocks))]
+        layers.append(keras.layers.Conv2DTranspose(channels, 4, strides=stride, padding="same",
+                                                   activation=activation))
+    return keras.Sequential(layers, name=name)
 
 
 @keras.saving.register_keras_serializable(package="tfp_vae")

@@ -19,9 +19,9 @@ from tfp_vae.errors import ConfigError
 MODELS = ("vae", "hvae", "ae", "pca")
 # The models train.train_and_evaluate trains (the others are experiments.baselines).
 VARIATIONAL = ("vae", "hvae")
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "resnet")
 BODIES = ("relu", "gated")
-DECODERS = ("bernoulli", "normal")
+DECODERS = ("bernoulli", "normal", "logistic")
 OBJECTIVES = ("elbo", "iwae")
 PRIORS = ("normal", "vamp", "mog")
 BINARIZE = ("none", "static", "dynamic")
@@ -91,14 +91,19 @@ class Config:
                                      check=Check(lambda v: [u.strip().isdigit() and int(u) > 0
                                                             for u in v.split(",")] == [True, True],
                                                  "must be H,W: two positive integers, e.g. 64,64"))
-    arch: str = setting("mlp", "mlp, or conv (two stride-2 convolutions each way; H, W "
-                        "divisible by 4).", choices=ARCHS)
+    arch: str = setting("mlp", "mlp, conv (two stride-2 convolutions each way; H, W "
+                        "divisible by 4) or resnet (residual stages halving H×W to 4×4 and "
+                        "back; H, W of 4·2ⁿ: 8, 16, 32, 64, ...).", choices=ARCHS)
+    channels: int = setting(64, "arch=resnet: channels of every convolution and residual "
+                            "block.", check=POSITIVE_INT)
     body: str = setting("relu", "The MLP's layers: relu (Dense + ReLU) or gated (GatedDense, "
                         "(W₁x + b₁) ⊙ σ(W₂x + b₂)).", choices=BODIES)
     latent_dim: int = setting(32, "K, the size of z.", check=POSITIVE_INT)
     hidden_units: tuple[int, ...] = setting((512, 512), "Widths of the MLP layers, e.g. "
                                             "512,512; '' for affine.", check=POSITIVE_INTS)
-    decoder: str = setting("bernoulli", "bernoulli or normal.", choices=DECODERS)
+    decoder: str = setting("bernoulli", "bernoulli, normal, or logistic (discretised "
+                           "logistic over the 256 levels of 8-bit pixels; --binarize=none).",
+                           choices=DECODERS)
     decoder_scale: str = setting("1.0", "Normal decoder's scale: a number, scalar or diagonal.",
                                  check=SCALE)
     prior: str = setting("normal", "normal (N(0, I)), vamp (VampPrior) or mog (learned "
@@ -121,7 +126,9 @@ class Config:
     warmup_epochs: int = setting(0, "Ramp beta from 0 over N epochs.", check=NON_NEGATIVE)
     free_bits: float = setting(0.0, "Per-dimension KL floor, nats.", check=NON_NEGATIVE)
     seed: int = setting(0, "Seed of weights, data order and draws.")
-    jit: bool = setting(True, "Compile the steps with XLA.", may_change=True)
+    jit: bool = setting(True, "Compile the steps with XLA (not arch=conv or resnet on a "
+                        "machine without GPU or TPU: TensorFlow's own convolutions are "
+                        "faster there).", may_change=True)
     steps_per_execution: int = setting(32, "Training steps per compiled call, run as one XLA "
                                        "program when --jit on one device.", check=POSITIVE_INT,
                                        may_change=True)
@@ -170,6 +177,10 @@ class Config:
              "(its joint layers read two inputs through a hidden layer each)")
         need(self.model != "hvae" or self.free_bits == 0, "free_bits needs a factorised KL; "
              "model=hvae has none")
+        need(self.decoder != "logistic" or self.binarize == "none", "decoder=logistic models "
+             f"8-bit pixel values; use --binarize=none (got binarize={self.binarize})")
+        need(self.decoder != "logistic" or self.model in VARIATIONAL, "decoder=logistic is a "
+             f"likelihood for model={' or '.join(VARIATIONAL)}; got model={self.model}")
         if self.conditional:
             need(self.model == "vae", f"conditional applies to model=vae; got model={self.model}")
             need(self.arch == "mlp", "conditional needs arch=mlp (the label joins the "

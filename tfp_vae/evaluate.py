@@ -17,6 +17,7 @@ numbers than outside it, so compare runs made in the same mode.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from typing import Callable, NamedTuple
 
@@ -24,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_vae import (data, export, factory, files, input_pipeline, latent_use, summaries,
-                     workdir as workdir_lib)
+from tfp_vae import (data, execution, export, factory, files, input_pipeline, latent_use,
+                     summaries, workdir as workdir_lib)
 from tfp_vae.checkpoints import BestEpoch, Checkpoints
 from tfp_vae.config import VARIATIONAL, Config
 from tfp_vae.errors import EvaluationError
@@ -169,6 +170,36 @@ def _iwae_terms(vae, x, k: int, **kwargs) -> dict:
     return {f"iwae_{k}": mean, f"iwae_{k}_stderr": stderr}
 
 
+def bits_per_dim(log_likelihood, num_dims: int):
+    """A log-likelihood (or a bound on one) of an example in nats, as bits per
+    dimension: −ln p(x) / (D · ln 2), D = H·W·C. Lower is better; a uniform
+    guess over 256 levels is 8."""
+    return -log_likelihood / (int(num_dims) * math.log(2))
+
+
+def bpd_dimension(config: Config) -> str | None:
+    """What one dimension of `config`'s bits per dimension is, or None where bits
+    per dimension mean nothing: a Normal density, a Bernoulli cross-entropy of
+    grey levels."""
+    if config.decoder == "logistic":
+        return "one 8-bit sub-pixel value (256 levels)"
+    if config.decoder == "bernoulli" and config.binarize != "none":
+        return "one binary pixel"
+    return None
+
+
+def _bpd_terms(config: Config, terms: dict, k: int, data_shape) -> dict:
+    """elbo_bpd and iwae_{k}_bpd, the ELBO and IWAE-k numbers of `terms` as bits per
+    dimension (each an upper bound on −log₂ p(x) / D, the IWAE one tighter), and
+    bpd_dimension, what a dimension is; {} where bits per dimension mean nothing."""
+    meaning = bpd_dimension(config)
+    if meaning is None:
+        return {}
+    size = int(np.prod(data_shape))
+    return {"elbo_bpd": bits_per_dim(terms["elbo"], size),
+            f"iwae_{k}_bpd": bits_per_dim(terms[f"iwae_{k}"], size), "bpd_dimension": meaning}
+
+
 def latent_means(vae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """E_q(z|x)[z] for every example of x `[N, *data]`: `[N, K]`."""
     fn = tf.function(_as_model(vae, chunk_size=1).encode_mean)
@@ -213,7 +244,8 @@ def linear_probe(vae, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
 def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None,
                    batch_size: int | None = None, seed: int | None = None,
                    y: np.ndarray | None = None) -> dict:
-    """Test ELBO terms and the IWAE-k log-likelihood estimate, nats per example.
+    """Test ELBO terms and the IWAE-k log-likelihood estimate, nats per example,
+    and both in bits per dimension where those mean something (`_bpd_terms`).
 
     x: raw images `[N, *data]` in [0, 1], binarised here as the run's
     evaluation data are (one fixed draw); y: their labels `[N]`, which a
@@ -224,8 +256,10 @@ def evaluate_model(vae, config: Config, x: np.ndarray, iwae_k: int | None = None
     batch_size = batch_size or config.batch_size
     seed = config.seed if seed is None else seed
     xb = _inputs(vae, input_pipeline.evaluation_arrays(config, x), y)
-    out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=config.jit)
-    out.update(_iwae_terms(vae, xb, k, seed=seed, batch_size=batch_size, jit=config.jit))
+    jit = execution.use_xla(config)
+    out = elbo_terms(vae, xb, seed=seed, batch_size=batch_size, jit=jit)
+    out.update(_iwae_terms(vae, xb, k, seed=seed, batch_size=batch_size, jit=jit))
+    out.update(_bpd_terms(config, out, k, x.shape[1:]))
     out["num_examples"] = int(len(x))
     return out
 
@@ -351,6 +385,7 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     With `logdir`, also a TensorBoard run there: the numbers at `step` and the
     posterior means in the Projector (`summaries.write_evaluation`)."""
     seed = config.seed if seed is None else seed
+    jit = execution.use_xla(config, jit)
     x, y = input_pipeline.load_split(config, split, limit)
     # tf.data's fixed binarisation draw also depends on the global seed, which
     # the run set to config.seed: set it alike to see the run's very images.
@@ -360,6 +395,7 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
            "k": k, "jit": jit}
     out.update(elbo_terms(model, xb, seed=seed, batch_size=batch_size, jit=jit))
     out.update(_iwae_terms(model, xb, k, seed=seed, batch_size=batch_size, jit=jit))
+    out.update(_bpd_terms(config, out, k, x.shape[1:]))
     means = latent_means(model, xb)
     count, variances = latent_use.active_units(means)
     out.update(active_units=count, latent_dim=int(len(variances)),
@@ -468,7 +504,7 @@ def evaluate_weights(path: str, *, config: Config | None = None, k: int = 1000,
 
 
 __all__ = ["EvaluationError", "active_units", "default_logdir", "default_output", "elbo_terms",
-           "evaluate_model", "evaluate_saved_model", "evaluate_weights", "evaluate_workdir",
-           "export_run_weights", "is_conditional", "iwae_function", "iwae_log_likelihood",
-           "latent_means", "linear_probe", "probe_accuracy", "restore_vae", "restore_weights",
-           "Restored"]
+           "bits_per_dim", "bpd_dimension", "evaluate_model", "evaluate_saved_model",
+           "evaluate_weights", "evaluate_workdir", "export_run_weights", "is_conditional",
+           "iwae_function", "iwae_log_likelihood", "latent_means", "linear_probe",
+           "probe_accuracy", "restore_vae", "restore_weights", "Restored"]

@@ -27,12 +27,25 @@ def _conv_shape(data_shape):
         raise ConfigError(f"arch=conv: {e}") from None
 
 
-def _body(config: Config, data_shape, role: str):
-    """The body `config` names for the "encoder" or the "decoder", or None for the
-    layer's own ReLU MLP of `hidden_units`."""
+def _spatial_body(config: Config, data_shape, role: str):
+    """The conv or resnet body of `config.arch` for the "encoder" or the "decoder"."""
     if config.arch == "conv":
         build = bodies.conv_encoder_body if role == "encoder" else bodies.conv_decoder_body
         return build(_conv_shape(data_shape), name="body")
+    try:
+        shape = bodies.check_resnet_shape(data_shape)
+    except ValueError as e:
+        raise ConfigError(f"arch=resnet: {e}; use arch=conv for 28x28 images, or "
+                          "--image_size=32,32") from None
+    build = bodies.resnet_encoder_body if role == "encoder" else bodies.resnet_decoder_body
+    return build(shape, channels=config.channels, name="body")
+
+
+def _body(config: Config, data_shape, role: str):
+    """The body `config` names for the "encoder" or the "decoder", or None for the
+    layer's own ReLU MLP of `hidden_units`."""
+    if config.arch in ("conv", "resnet"):
+        return _spatial_body(config, data_shape, role)
     if config.body == "gated":
         # The encoder's body sees the images unflattened: it flattens them itself.
         return bodies.gated_mlp(config.hidden_units, flatten=role == "encoder", name="body")
@@ -52,6 +65,9 @@ def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
     if config.decoder == "normal":
         return layers.NormalDecoder(data_shape, scale=decoder_scale(config), body=body,
                                     hidden_units=config.hidden_units, name="decoder")
+    if config.decoder == "logistic":
+        return layers.DiscretizedLogisticDecoder(data_shape, hidden_units=config.hidden_units,
+                                                 body=body, name="decoder")
     return layers.BernoulliDecoder(data_shape, hidden_units=config.hidden_units, body=body,
                                    name="decoder")
 
@@ -116,6 +132,9 @@ def build_hvae(config: Config, data_shape):
     if config.decoder == "normal":
         decoder = layers.NormalDecoder(data_shape, scale=decoder_scale(config),
                                        body=decoder_body, name="decoder")
+    elif config.decoder == "logistic":
+        decoder = layers.DiscretizedLogisticDecoder(data_shape, body=decoder_body,
+                                                    name="decoder")
     else:
         decoder = layers.BernoulliDecoder(data_shape, body=decoder_body, name="decoder")
     vae = HierarchicalVAE(build_encoder(config, data_shape), encoder_z1, prior_z1, decoder,
@@ -131,15 +150,14 @@ def _ae_layers(config: Config, data_shape, tied: bool):
     data_shape = tuple(int(d) for d in data_shape)
     size = int(np.prod(data_shape))
     K = keras.layers
-    if config.arch == "conv":
+    if config.arch in ("conv", "resnet"):
         if tied:
             raise ConfigError("tied weights need arch=mlp (a tied decoder mirrors Dense layers)")
-        shape = _conv_shape(data_shape)
-        encoder = keras.Sequential([bodies.conv_encoder_body(shape, name="body"), K.Flatten(),
+        encoder = keras.Sequential([_spatial_body(config, data_shape, "encoder"), K.Flatten(),
                                     K.Dense(config.latent_dim)], name="encoder")
         # A 1x1 convolution per pixel: the same head the VAE's decoders use.
-        decoder = keras.Sequential([bodies.conv_decoder_body(shape, name="body"),
-                                    K.Conv2D(shape[-1], 1)], name="decoder")
+        decoder = keras.Sequential([_spatial_body(config, data_shape, "decoder"),
+                                    K.Conv2D(data_shape[-1], 1)], name="decoder")
         return encoder, decoder
     mlp = bodies.gated_mlp if config.body == "gated" else bodies.mlp
     body = mlp(config.hidden_units, name="body")
@@ -156,7 +174,7 @@ def _ae_layers(config: Config, data_shape, tied: bool):
 def build_autoencoder(config: Config, data_shape, tied: bool = False) -> Autoencoder:
     """The AE of `config` for data `[B, *data_shape]`, built.
 
-    MLP (the mirror of `hidden_units`) or conv (`arch`); the loss matches
+    MLP (the mirror of `hidden_units`), conv or resnet (`arch`); the loss matches
     `decoder`: Bernoulli cross-entropy, or squared error for "normal".
     `tied=True` (MLP only) ties decoder kernels to the encoder's.
     """

@@ -19,7 +19,8 @@ from typing import Callable
 import keras
 import numpy as np
 
-from tfp_vae import data, factory, figures, files, input_pipeline, plots, workdir as workdir_lib
+from tfp_vae import (data, execution, factory, figures, files, input_pipeline, plots,
+                     workdir as workdir_lib)
 from tfp_vae.config import Config
 from tfp_vae.errors import ConfigError
 from tfp_vae.pca import PCA
@@ -36,7 +37,7 @@ def fit(model: keras.Model, config: Config, x_train: np.ndarray, verbose: int = 
     A plain `keras.Model.fit` (the VAE's resumable loop is `tfp_vae.train`).
     """
     keras.utils.set_random_seed(config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=config.jit,
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=execution.use_xla(config),
                   steps_per_execution=config.steps_per_execution)
     ds = data.make_dataset(x_train, None, config.batch_size, binarize=config.binarize,
                            shuffle=True, seed=config.seed)
