@@ -96,7 +96,7 @@ def save_mixture(path: str, params: GaussianMixtureParams, **extra) -> str:
 
 def load_mixture(path: str) -> GaussianMixtureParams:
     """The parameters `save_mixture` wrote to `path`."""
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         return GaussianMixtureParams(npz["weights"], npz["means"], npz["scale_tril"])
 
 
