@@ -468,14 +468,10 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
                   else Config())
     if data_dir is not None:
         config = config.replace(data_dir=data_dir)
-    model = tf.saved_model.load(path)
-    out = {"source": "saved_model", "path": path, "dataset": config.dataset}
-    out.update(_evaluate(model, config, k=k, split=split, batch_size=batch_size, seed=seed,
-                         limit=limit, probe=probe, jit=jit,
-                         logdir=default_logdir(saved_model=path, split=split) if tensorboard
-                         else None))
-    files.write_json(output or default_output(saved_model=path), out)
-    return out
+    return _evaluate_exported(tf.saved_model.load(path), config, "saved_model", path,
+                              output=output, tensorboard=tensorboard, k=k, split=split,
+                              batch_size=batch_size, seed=seed, limit=limit, probe=probe,
+                              jit=jit)
 
 
 def evaluate_weights(path: str, *, config: Config | None = None, k: int = 1000,
@@ -494,12 +490,21 @@ def evaluate_weights(path: str, *, config: Config | None = None, k: int = 1000,
     if config is not None and data_dir is not None:
         config = config.replace(data_dir=data_dir)
     vae, config = restore_weights(path, config)
-    out = {"source": "weights", "path": path, "dataset": config.dataset}
-    out.update(_evaluate(vae, config, k=k, split=split, batch_size=batch_size, seed=seed,
-                         limit=limit, probe=probe, jit=jit,
-                         logdir=default_logdir(weights=path, split=split) if tensorboard
-                         else None))
-    files.write_json(output or default_output(weights=path), out)
+    return _evaluate_exported(vae, config, "weights", path, output=output,
+                              tensorboard=tensorboard, k=k, split=split,
+                              batch_size=batch_size, seed=seed, limit=limit, probe=probe,
+                              jit=jit)
+
+
+def _evaluate_exported(model, config: Config, source: str, path: str, *, output, tensorboard,
+                       split: str, **options) -> dict:
+    """`_evaluate` of a model read from `path` (a "saved_model" or "weights"
+    `source`), written to `output` or beside `path`, as the callers document."""
+    where = {source: path}
+    out = {"source": source, "path": path, "dataset": config.dataset}
+    out.update(_evaluate(model, config, split=split, **options,
+                         logdir=default_logdir(split=split, **where) if tensorboard else None))
+    files.write_json(output or default_output(**where), out)
     return out
 
 
