@@ -137,7 +137,7 @@ def _scores_in_parts(vae, k: int, chunk_size: int, batch_size: int) -> bool:
         return False
     if "xla_parts" not in inspect.signature(vae.iwae_bound).parameters:
         return False
-    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+    if execution.accelerated():
         return False
     return min(k, chunk_size) * batch_size >= _PARTS_MIN_ROWS
 
@@ -319,10 +319,7 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
     """The VAE of a run at its latest readable checkpoint; with early stopping,
     holding the best epoch's weights, as the run evaluated and exported it."""
     config = config or workdir_lib.run_config(workdir)
-    if config.model not in VARIATIONAL:
-        raise EvaluationError(f"{workdir} holds a model={config.model} run; this evaluates "
-                              f"{' and '.join(VARIATIONAL)} runs")
-    vae = _built_vae(config)
+    vae = _built_vae(config, workdir)
     # The optimizer rides along so the checkpoint matches whole and tells the step.
     optimizer = keras.optimizers.Adam(config.learning_rate)
     optimizer.build(vae.trainable_variables)
@@ -339,10 +336,11 @@ def restore_vae(workdir: str, config: Config | None = None) -> Restored:
     return Restored(vae, restored, int(optimizer.iterations.numpy()), best_epoch)
 
 
-def _built_vae(config: Config):
-    """A freshly built VAE of `config`, for its data set's shape (and classes)."""
+def _built_vae(config: Config, whose: str = "the config"):
+    """A freshly built VAE of `config`, for its data set's shape (and classes);
+    EvaluationError, naming `whose` run it is, unless the config's model is one."""
     if config.model not in VARIATIONAL:
-        raise EvaluationError(f"the config is of a model={config.model} run; this evaluates "
+        raise EvaluationError(f"{whose} holds a model={config.model} run; this evaluates "
                               f"{' and '.join(VARIATIONAL)} runs")
     shape = data.data_shape(config.dataset, data_dir=config.data_dir)
     classes = data.num_classes(config.dataset, data_dir=config.data_dir) if config.conditional \

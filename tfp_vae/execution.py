@@ -19,8 +19,8 @@ from tfp_vae.errors import WorkerLost
 
 log = logging.getLogger("tfp_vae")
 
-__all__ = ["compile_model", "is_chief", "make_strategy", "peers_watched", "precision_policy",
-           "task_id"]
+__all__ = ["accelerated", "compile_model", "is_chief", "make_strategy", "peers_watched",
+           "precision_policy", "task_id", "use_xla"]
 
 
 def make_strategy(config: Config) -> tf.distribute.Strategy:
@@ -77,7 +77,8 @@ def precision_policy(name: str):
 _XLA_SLOW_ARCHS = ("conv", "resnet")
 
 
-def _accelerated() -> bool:
+def accelerated() -> bool:
+    """Whether this machine has a GPU or TPU for TensorFlow."""
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
@@ -86,7 +87,7 @@ def use_xla(config: Config, jit: bool | None = None) -> bool:
     except for the convolutional archs on a machine without GPU or TPU, which
     run faster on TensorFlow's kernels (said once in the log)."""
     jit = config.jit if jit is None else bool(jit)
-    if jit and config.arch in _XLA_SLOW_ARCHS and not _accelerated():
+    if jit and config.arch in _XLA_SLOW_ARCHS and not accelerated():
         if not getattr(use_xla, "_said", False):
             log.warning("XLA off: arch=%s on a CPU runs several times faster on TensorFlow's "
                         "own convolution kernels", config.arch)
