@@ -101,7 +101,7 @@ _SCALING_STEPS = flags.DEFINE_integer("scaling_steps", 512, "--scaling: timed tr
 _SCALING_DIR = flags.DEFINE_string("scaling_dir", None, "--scaling: where to write the "
                                    "TFRecords (default: a temporary directory, removed after).")
 _PROBE = flags.DEFINE_string("probe", None, "Internal: run one measurement in this process "
-                             "(memory:NAME or iwae) and print its JSON.")
+                             "(memory:NAME, iwae, scaling:PATH:N or resume:PATH:N) and print its JSON.")
 
 def probe_flags() -> list:
     """The flags a probe subprocess inherits."""
@@ -130,6 +130,10 @@ def main(argv):
         if _PROBE.value.startswith("scaling:"):
             path, n = _PROBE.value.split(":", 1)[1].rsplit(":", 1)
             result = scaling.probe(path, int(n), _SCALING_STEPS.value, _WARMUP.value)
+        elif _PROBE.value.startswith("resume:"):
+            path, n = _PROBE.value.split(":", 1)[1].rsplit(":", 1)
+            with tempfile.TemporaryDirectory() as temporary:
+                result = scaling.resume_probe(path, int(n), BATCH, temporary)
         elif _PROBE.value == "iwae":
             result = harness.iwae_probe(_IWAE_K.value, _IWAE_EXAMPLES.value, _IWAE_BATCH.value)
         else:

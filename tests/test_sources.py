@@ -207,15 +207,17 @@ def test_stream_pass_is_a_fixed_function_of_its_seed_and_resumes_with_skip(tmp_p
     stream = data.open_stream(str(tmp_path / "*.tfrecord"), "train")
 
     def epoch(seed, skip=0):
-        ds = stream.dataset(8, seed=seed, binarize="dynamic", with_labels=True).skip(skip)
+        ds = stream.dataset(8, seed=seed, binarize="dynamic", with_labels=True, skip=skip)
         return [(x.numpy(), y.numpy()) for x, y in ds]
 
     first, again = epoch(3), epoch(3)
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
                for a, b in zip(first, again)) and len(first) == len(again)
     assert not np.array_equal(first[0][1], epoch(4)[0][1])            # another order
-    resumed = epoch(3, skip=5)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first[5:], resumed))
+    resumed = epoch(3, skip=5)                  # the skipped batches are not decoded
+    assert len(resumed) == len(first) - 5
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(first[5:], resumed))
     assert set(np.unique(np.concatenate([x for x, _ in first])).tolist()) <= {0.0, 1.0}
     # Every example once per pass, whatever the order: the labels' counts match.
     plain = stream.dataset(8, seed=3, with_labels=True)
@@ -224,6 +226,23 @@ def test_stream_pass_is_a_fixed_function_of_its_seed_and_resumes_with_skip(tmp_p
         [y for _, y in stream.dataset(8, shuffle=False, with_labels=True).as_numpy_iterator()]),
         minlength=4))
     assert counts.sum() == len(stream) < len(rows) + 50
+
+
+def test_a_resumed_pass_does_not_decode_the_batches_it_skips(tmp_path):
+    path = str(tmp_path / "a.tfrecord")
+    rows = [_image(f"r{i}", (4, 4, 1)) for i in range(24)]
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, pixels in enumerate(rows):        # record 1, in batch 0, is no image
+            writer.write(_example(pixels, None) if i != 1 else tf.train.Example(
+                features=tf.train.Features(feature={"image": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[b"not an image"]))})).SerializeToString())
+    stream = sources.open_records([path], path)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(stream.dataset(8, shuffle=False).as_numpy_iterator())
+    resumed = list(stream.dataset(8, shuffle=False, skip=1).as_numpy_iterator())
+    assert len(resumed) == 2
+    np.testing.assert_array_equal(np.concatenate(resumed),
+                                  np.stack(rows[8:]).astype(np.float32) / 255.0)
 
 
 @pytest.mark.parametrize("kind", ["folder", "tfrecord"])
@@ -371,12 +390,17 @@ def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resume
     assert os.path.exists(tmp_path / "run" / "checkpoints" / f"ckpt-{2 * steps}.index")
 
 
-def test_the_scaling_benchmark_writes_the_stream_it_says(tmp_path):
+def _scaling_benchmark():
+    """scripts/benchmarks/scaling.py, the module of `benchmark.py --scaling`."""
     import sys
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "scripts"))
     from benchmarks import scaling
+    return scaling
 
+
+def test_the_scaling_benchmark_writes_the_stream_it_says(tmp_path):
+    scaling = _scaling_benchmark()
     pattern = scaling.write_shards(str(tmp_path), 4100)      # the 4,000 digits, then again
     x, y = data.open_stream(pattern, "train").arrays()
     digits, labels = data.load_arrays("mnist_5k", "train")
@@ -384,3 +408,15 @@ def test_the_scaling_benchmark_writes_the_stream_it_says(tmp_path):
     np.testing.assert_array_equal(np.round(x[:4000] * 255), np.round(digits * 255))
     np.testing.assert_array_equal(x[4000:], x[:100])
     np.testing.assert_array_equal(y[:4000], labels)
+
+
+def test_the_three_ways_to_resume_a_stream_give_the_same_batch(tmp_path):
+    # --scaling's resume table times skipping as records (what a resumed run
+    # does), skipping decoded batches and a saved iterator state; it is only
+    # a comparison if all three resume at the same batch, which it checks.
+    scaling = _scaling_benchmark()
+    pattern = scaling.write_shards(str(tmp_path / "records"), 1000)
+    os.makedirs(tmp_path / "state")
+    row = scaling.resume_probe(pattern, 1000, 128, str(tmp_path / "state"))
+    assert row["skipped_batches"] == 4 and row["iterator_state_mb"] > 0
+    assert "| 1,000 | 4 |" in scaling.resume_table([row])

@@ -174,9 +174,9 @@ def train_dataset(config: Config, x, epoch: int, y=None, *, skip: int = 0,
 
     def one_pass(shard=(0, 1)):
         share = config.batch_size // shard[1]
-        ds = x.dataset(share, seed=epoch_seed(config.seed, epoch), shuffle=True,
-                       binarize=config.binarize, with_labels=config.conditional, shard=shard)
-        return ds.skip(skip) if skip else ds
+        return x.dataset(share, seed=epoch_seed(config.seed, epoch), shuffle=True,
+                         binarize=config.binarize, with_labels=config.conditional, shard=shard,
+                         skip=skip)
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return one_pass()

@@ -112,9 +112,10 @@ class Stream:
 
     def dataset(self, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                 binarize: str = "none", with_labels: bool = False,
-                drop_remainder: bool = False, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+                drop_remainder: bool = False, shard: tuple[int, int] = (0, 1),
+                skip: int = 0) -> tf.data.Dataset:
         """One pass over the split: float32 batches ``[B, H, W, C]`` in ``[0, 1]``
-        (pairs with int64 labels ``[B]`` when `with_labels`).
+        (pairs with int64 labels ``[B]`` when `with_labels`), from batch `skip` on.
 
         `shard` = (index, count) reads one of `count` shards of the pass, for
         one worker of several: the pass cut into global batches of
@@ -129,9 +130,11 @@ class Stream:
         buffer of :data:`SHUFFLE_BUFFER` records) and the dynamic binarisation
         draws (keyed by (seed, batch index)) are a fixed function of `seed`:
         every iterator of this dataset, and every dataset built with the same
-        seed, repeats the same pass, and ``.skip(k)`` resumes it at batch k.
-        Records are batched before they are parsed and decoded: one map call
-        per batch (run in parallel, in order) costs far less than one per image.
+        seed, repeats the same pass, and `skip` = k resumes it at batch k (the
+        batches of ``.skip(k)``, without decoding the k skipped: they are
+        read, shuffled and dropped as records). Records are batched before
+        they are parsed and decoded: one map call per batch (run in parallel,
+        in order) costs far less than one per image.
         """
         if with_labels and not self.has_labels:
             raise DataError(f"{self.source} has no labels; call with with_labels=False")
@@ -175,6 +178,8 @@ class Stream:
                 len(self) // (shards * batch_size) if drop_remainder else
                 shard_batches(len(self), batch_size, shards)))
         ds = ds.enumerate()
+        if skip:          # a batch's decode is a function of (its index, its records)
+            ds = ds.skip(skip)
         # Fixed parallelism, autotune off: autotune's ramp-up on every epoch's
         # fresh iterator stalls its first steps (docs/performance.md).
         ds = ds.map(decode, num_parallel_calls=_PARALLEL, deterministic=True).prefetch(_PARALLEL)

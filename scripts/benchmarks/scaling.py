@@ -84,17 +84,62 @@ def probe(path: str, n: int, steps: int, warmup: int) -> dict:
             **({} if path == "memory" else {"index_seconds": round(indexed, 2)})}
 
 
+def resume_probe(path: str, n: int, batch: int, directory: str) -> dict:
+    """In a fresh process: what resuming the stream of the TFRecords at `path`
+    at its middle batch costs, three ways, each until the first batch is in
+    hand: `Stream.dataset(skip=k)` (the k batches read and shuffled as
+    records, not decoded: what a resumed run does), the same pass's
+    ``.skip(k)`` (decoded, then dropped), and tf.data's saved iterator state
+    (`tf.train.Checkpoint(iterator=...)`: what writing it, at the signal,
+    and reading it back cost, and its size on disk). All three must give the
+    same batch."""
+    stream = data.open_stream(path, "train")
+    assert len(stream) == n, (len(stream), n)
+    k = -(-n // batch) // 2
+
+    def pass_():
+        return stream.dataset(batch, seed=1, binarize="dynamic")
+
+    def first_batch(ds):
+        start = time.perf_counter()
+        x = next(iter(ds)).numpy()
+        return time.perf_counter() - start, x
+
+    skip_records, a = first_batch(stream.dataset(batch, seed=1, binarize="dynamic", skip=k))
+    skip_decoded, b = first_batch(pass_().skip(k))
+    iterator = iter(pass_())
+    for _ in range(k):
+        next(iterator)
+    start = time.perf_counter()
+    prefix = tf.train.Checkpoint(iterator=iterator).write(os.path.join(directory, "iterator"))
+    saved = time.perf_counter() - start
+    size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+               if f.startswith("iterator"))
+    start = time.perf_counter()
+    restored = iter(pass_())
+    tf.train.Checkpoint(iterator=restored).read(prefix).assert_consumed()
+    c = next(restored).numpy()
+    read = time.perf_counter() - start
+    assert np.array_equal(a, b) and np.array_equal(a, c), "the three resumes differ"
+    return {"path": "resume", "images": n, "batch": batch, "skipped_batches": k,
+            "skip_records_seconds": skip_records, "skip_decoded_seconds": skip_decoded,
+            "iterator_save_seconds": saved, "iterator_restore_seconds": read,
+            "iterator_state_mb": size / 2**20, "peak_rss_mb": memory.peak_rss_mb()}
+
+
 def measure(script: str, sizes: list[int], steps: int, warmup: int, directory: str,
             memory_sizes: list[int], extra_flags: list[str]) -> dict:
     """Writes the shards of each size, then runs one probe per (path, size),
     one after another; the table rows and the ratios the README quotes."""
-    rows = []
+    rows, resumes = [], []
     for n in sizes:
         start = time.perf_counter()
         pattern = write_shards(os.path.join(directory, f"n{n}"), n)
         written = time.perf_counter() - start
         row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:{pattern}:{n}"]])
         rows.append({**row, "write_seconds": round(written, 1)})
+        resumes.append(*memory.run_probes(script, [extra_flags + [
+            f"--probe=resume:{pattern}:{n}"]]))
     for n in memory_sizes:
         row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:memory:{n}"]])
         rows.append(row)
@@ -108,8 +153,8 @@ def measure(script: str, sizes: list[int], steps: int, warmup: int, directory: s
     for n in sorted(set(stream) & set(in_memory)):
         ratios[f"stream_over_memory_speed_{n}"] = (stream[n]["train_examples_per_sec"]
                                                    / in_memory[n]["train_examples_per_sec"])
-    return {"rows": rows, "ratios": ratios, "steps": steps, "warmup_steps": warmup,
-            "table": table(rows)}
+    return {"rows": rows, "resume": resumes, "ratios": ratios, "steps": steps,
+            "warmup_steps": warmup, "table": table(rows) + "\n\n" + resume_table(resumes)}
 
 
 def table(rows: list[dict]) -> str:
@@ -119,4 +164,17 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['path']} | {r['images']:,} | {r['peak_rss_mb']:.0f} | "
                      f"{r['train_examples_per_sec']:,.0f} |")
+    return "\n".join(lines)
+
+
+def resume_table(rows: list[dict]) -> str:
+    """The resume probes' rows as a Markdown table (seconds to the first batch)."""
+    lines = ["| images | skipped batches | skip as records (s) | skip decoded (s) | "
+             "iterator state: write (s) | read + first batch (s) | size (MiB) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['images']:,} | {r['skipped_batches']:,} | "
+                     f"{r['skip_records_seconds']:.2f} | {r['skip_decoded_seconds']:.2f} | "
+                     f"{r['iterator_save_seconds']:.2f} | {r['iterator_restore_seconds']:.2f} | "
+                     f"{r['iterator_state_mb']:.1f} |")
     return "\n".join(lines)
