@@ -236,14 +236,13 @@ def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints
 
 # Two workers over a streamed folder: what each reads of epoch 1, then that epoch trained.
 _STREAM_WORKER = _PRELUDE + """
-os.environ["TFP_VAE_CACHE_BYTES"] = "0"           # stream the folder, small as it is
 from tfp_vae import execution, input_pipeline, train
 from tfp_vae.config import Config
 
 folder, workdir = sys.argv[1], sys.argv[2]
 config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
                 epochs=1, eval_iwae_k=4, figures=False, export=False, seed=5,
-                strategy="multi_worker")
+                strategy="multi_worker", cache_mb=0)      # stream the folder, small as it is
 strategy = execution.make_strategy(config)
 execution.make_strategy = lambda config: strategy   # one MultiWorkerMirrored per process
 stream = input_pipeline.train_source(input_pipeline.load_splits(config))[0]

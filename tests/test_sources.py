@@ -284,13 +284,13 @@ def test_shards_of_a_pass_hold_each_example_once_split_as_tf_distribute_splits_a
         stream.dataset(share, shard=(3, 3))
 
 
-def test_large_splits_stream_small_ones_are_cached(tmp_path, monkeypatch):
+def test_large_splits_stream_small_ones_are_cached(tmp_path):
     _write_folder(tmp_path, per_class=10)
     config = Config(dataset=str(tmp_path), conditional=True)
     cached = input_pipeline.load_splits(config)
     assert isinstance(cached.x_train, np.ndarray)
-    monkeypatch.setattr(input_pipeline, "CACHE_BYTES", 0)
-    streamed = input_pipeline.load_splits(config)
+    assert config.cache_mb > cached.x_train.nbytes / 2**20
+    streamed = input_pipeline.load_splits(config.replace(cache_mb=0))
     assert streamed.data_shape == cached.data_shape == (8, 6, 1)
     assert len(streamed.x_train) == len(cached.x_train) and streamed.num_classes == 3
     batches = list(input_pipeline.train_dataset(config, input_pipeline.train_source(streamed)[0],
@@ -301,15 +301,14 @@ def test_large_splits_stream_small_ones_are_cached(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("with_validation", [False, True])
 def test_a_prepared_tfds_set_streams_its_training_split_from_its_own_files(
-        tmp_path, monkeypatch, with_validation):
+        tmp_path, with_validation):
     from test_data import _tiny_tfds_class
 
     builder = _tiny_tfds_class(with_validation)(data_dir=str(tmp_path))
     builder.download_and_prepare()                   # generated locally: nothing downloaded
     config = Config(dataset=builder.name, data_dir=str(tmp_path), conditional=True,
-                    binarize="none")
+                    binarize="none", cache_mb=0)
     whole = data.load_arrays(builder.name, "train", data_dir=str(tmp_path))   # TFDS's reader
-    monkeypatch.setattr(input_pipeline, "CACHE_BYTES", 0)
     splits = input_pipeline.load_splits(config)
     assert isinstance(splits.x_train, sources.Stream) and splits.num_classes == 3
     assert len(splits.x_train) == len(whole[0]) == (30 if with_validation else 27)
@@ -325,12 +324,12 @@ def test_a_prepared_tfds_set_streams_its_training_split_from_its_own_files(
 # ---------------------------------------------------------------- a streamed run resumes exactly
 
 
-def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path, monkeypatch):
+def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path):
     from test_faults import assert_same_state, finish, start
 
     folder = _write_digits(tmp_path / "digits", 200)
-    monkeypatch.setenv("TFP_VAE_CACHE_BYTES", "0")          # stream it, small as it is
-    run = ["--dataset=" + str(folder), "--epochs=3", "--conditional", "--verbosity=0"]
+    run = ["--dataset=" + str(folder), "--epochs=3", "--conditional", "--verbosity=0",
+           "--cache_mb=0"]                                 # stream it, small as it is
     ref, termed = str(tmp_path / "ref"), str(tmp_path / "termed")
     reference, interrupted = start(ref, *run), start(termed, *run)
 
@@ -356,16 +355,14 @@ def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path, monk
     assert_same_state(os.path.join(ref, final), os.path.join(termed, final))
 
 
-def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resumes(
-        tmp_path, monkeypatch):
+def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resumes(tmp_path):
     from test_faults import finish, start
 
     folder = _write_digits(tmp_path / "digits", 160, tf.io.encode_jpeg, "jpg")
-    monkeypatch.setenv("TFP_VAE_CACHE_BYTES", "0")          # stream it, small as it is
     stream = data.open_stream(str(folder), "train")
     steps = -(-len(stream) // 16)
     run = ["--dataset=" + str(folder), "--batch_size=16", "--limit=1000",
-           "--steps_per_execution=1", "--verbosity=0"]
+           "--steps_per_execution=1", "--verbosity=0", "--cache_mb=0"]   # streamed, small as it is
     bad = stream.files[len(stream) // 2]
     good = open(bad, "rb").read()
     with open(bad, "wb") as f:

@@ -91,6 +91,10 @@ class Config:
                                      check=Check(lambda v: [u.strip().isdigit() and int(u) > 0
                                                             for u in v.split(",")] == [True, True],
                                                  "must be H,W: two positive integers, e.g. 64,64"))
+    cache_mb: int = setting(512, "A folder's or TFRecords' training split of at most this "
+                            "many MiB as float32 images is read into memory (faster); a "
+                            "larger one is streamed from its files. 0: always stream.",
+                            check=NON_NEGATIVE)
     arch: str = setting("mlp", "mlp, conv (two stride-2 convolutions each way; H, W "
                         "divisible by 4) or resnet (residual stages halving H×W to 4×4 and "
                         "back; H, W of 4·2ⁿ: 8, 16, 32, 64, ...).", choices=ARCHS)

@@ -8,7 +8,6 @@ end-of-run metrics and `scripts/evaluate.py` see the very same images.
 from __future__ import annotations
 
 import logging
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -20,15 +19,8 @@ from tfp_vae.errors import ConfigError, DataError
 
 log = logging.getLogger("tfp_vae")
 
-__all__ = ["CACHE_BYTES", "Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays",
+__all__ = ["Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays",
            "load_split", "load_splits", "train_dataset", "train_source"]
-
-CACHE_BYTES = int(os.environ.get("TFP_VAE_CACHE_BYTES", 512 * 2**20))
-"""A folder's or TFRecords' training split whose float32 images take at most
-this many bytes is read into memory and trained on as the other sources are
-(faster: nothing is decoded twice); a larger one is streamed from its files.
-The environment variable TFP_VAE_CACHE_BYTES sets it (0: always stream)."""
-
 
 class Splits(NamedTuple):
     """A run's three splits, each cut to `config.limit`; images float32 in [0, 1]."""
@@ -64,19 +56,19 @@ def load_split(config: Config, split: str, limit: int | None = None):
 def _train_split(config: Config):
     """(x, y) of the training split: arrays, or a folder's, TFRecords' or
     prepared TFDS set's Stream (y None) when its images would take more than
-    CACHE_BYTES in memory."""
+    `config.cache_mb` MiB in memory."""
     stream = (data.open_stream(config.dataset, "train", config.image_size)
               or data.tfds_train_stream(config.dataset, config.data_dir, config.image_size))
     if stream is None:
         return load_split(config, "train")
     stream = stream.limited(config.limit)
-    size = stream.decoded_bytes
-    if size <= CACHE_BYTES:
-        log.info("%s: %d training images (%.0f MB as float32 <= %.0f MB): read into memory",
-                 config.dataset, len(stream), size / 2**20, CACHE_BYTES / 2**20)
+    size = stream.decoded_bytes / 2**20
+    if size <= config.cache_mb:
+        log.info("%s: %d training images (%.0f MiB as float32 <= --cache_mb=%d): read into "
+                 "memory", config.dataset, len(stream), size, config.cache_mb)
         return stream.arrays()
-    log.info("%s: %d training images (%.0f MB as float32 > %.0f MB): streamed from %d files",
-             config.dataset, len(stream), size / 2**20, CACHE_BYTES / 2**20, len(stream.files))
+    log.info("%s: %d training images (%.0f MiB as float32 > --cache_mb=%d): streamed from %d "
+             "files", config.dataset, len(stream), size, config.cache_mb, len(stream.files))
     return stream, None
 
 
