@@ -261,7 +261,7 @@ from tfp_vae.config import Config
 
 folder, workdir = sys.argv[1], sys.argv[2]
 config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
-                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5)
+                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5, cache_mb=0)
 print("RESULT " + json.dumps({"steps": train.train_and_evaluate(config, workdir, verbose=0)["steps"]}))
 """
 
