@@ -260,7 +260,9 @@ def make_dataset(
     # A fixed, small pipeline rather than AUTOTUNE: autotune's ramp-up on a
     # fresh iterator stalls the first steps (docs/performance.md), and
     # gathering and binarising one batch costs far less than a step anyway.
-    ds = ds.map(fetch, num_parallel_calls=2, deterministic=True).prefetch(2)
+    # (fetch is plain TF ops: traced as written, without AutoGraph's conversion.)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(fetch), num_parallel_calls=2,
+                deterministic=True).prefetch(2)
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.with_options(options)

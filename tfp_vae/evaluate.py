@@ -99,7 +99,10 @@ def elbo_terms(vae, x: np.ndarray, *, seed: int = 0, batch_size: int = 500,
     function below that takes images.
     """
     model = _as_model(vae, chunk_size=1)
-    fn = tf.function(model.elbo, jit_compile=jit)
+    # autograph=False here and below: the models' methods are plain Python over
+    # TF ops (loops are tf.while_loop), and AutoGraph's conversion of them and
+    # of TFP took most of an end-of-run evaluation's time on a small model.
+    fn = tf.function(model.elbo, jit_compile=jit, autograph=False)
     terms = [fn(xb, s) for xb, s in _batches(x, batch_size, seed)]
     return {name: float(np.mean(np.concatenate([t[i].numpy() for t in terms]), dtype=np.float64))
             for i, name in enumerate(("elbo", "reconstruction", "kl"))}
@@ -157,9 +160,9 @@ def iwae_function(vae, k: int, *, chunk_size: int = 100, batch_size: int = 100,
     k = int(k)
     if jit and _scores_in_parts(vae, k, chunk_size, batch_size):
         return tf.function(lambda xb, s: vae.iwae_bound(xb, k, seed=s, chunk_size=chunk_size,
-                                                        xla_parts=True))
+                                                        xla_parts=True), autograph=False)
     model = _as_model(vae, chunk_size=chunk_size)
-    return tf.function(lambda xb, s: model.iwae(xb, k, s), jit_compile=jit)
+    return tf.function(lambda xb, s: model.iwae(xb, k, s), jit_compile=jit, autograph=False)
 
 
 def _iwae_terms(vae, x, k: int, **kwargs) -> dict:
@@ -202,7 +205,7 @@ def _bpd_terms(config: Config, terms: dict, k: int, data_shape) -> dict:
 
 def latent_means(vae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """E_q(z|x)[z] for every example of x `[N, *data]`: `[N, K]`."""
-    fn = tf.function(_as_model(vae, chunk_size=1).encode_mean)
+    fn = tf.function(_as_model(vae, chunk_size=1).encode_mean, autograph=False)
     return np.concatenate([fn(xb).numpy() for xb, _ in _batches(x, batch_size, 0)])
 
 

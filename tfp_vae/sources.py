@@ -182,7 +182,8 @@ class Stream:
             ds = ds.skip(skip)
         # Fixed parallelism, autotune off: autotune's ramp-up on every epoch's
         # fresh iterator stalls its first steps (docs/performance.md).
-        ds = ds.map(decode, num_parallel_calls=_PARALLEL, deterministic=True).prefetch(_PARALLEL)
+        ds = ds.map(tf.autograph.experimental.do_not_convert(decode), num_parallel_calls=_PARALLEL,
+                    deterministic=True).prefetch(_PARALLEL)
         options = tf.data.Options()
         options.deterministic = True
         options.autotune.enabled = False
