@@ -97,15 +97,15 @@ def resume_probe(path: str, n: int, batch: int, directory: str) -> dict:
     assert len(stream) == n, (len(stream), n)
     k = -(-n // batch) // 2
 
-    def pass_():
-        return stream.dataset(batch, seed=1, binarize="dynamic")
+    def pass_(skip=0):
+        return stream.dataset(batch, seed=1, binarize="dynamic", skip=skip)
 
     def first_batch(ds):
         start = time.perf_counter()
         x = next(iter(ds)).numpy()
         return time.perf_counter() - start, x
 
-    skip_records, a = first_batch(stream.dataset(batch, seed=1, binarize="dynamic", skip=k))
+    skip_records, a = first_batch(pass_(skip=k))
     skip_decoded, b = first_batch(pass_().skip(k))
     iterator = iter(pass_())
     for _ in range(k):
