@@ -17,6 +17,7 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture
 
+from test_export import graph_session          # TF Serving's way of running a signature
 from tfp_vae import export, factory, files, plots, posthoc, train
 from tfp_vae.config import preset
 from tfp_vae.errors import WorkdirBusy
@@ -220,16 +221,6 @@ def assert_draws_follow(z, params, shares=True):
     share = np.bincount(nearest, minlength=len(params.weights)) / n
     w = params.weights
     np.testing.assert_array_less(np.abs(share - w), 4.5 * np.sqrt(w * (1 - w) / n))
-
-
-def graph_session(path, name, feeds):
-    """Signature `name` run as TF Serving runs it: a TF1 graph session, its
-    variables restored by the loader."""
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
-        signature = meta.signature_def[name]
-        return session.run({k: v.name for k, v in signature.outputs.items()},
-                           {signature.inputs[k].name: v for k, v in feeds.items()})
 
 
 @pytest.fixture(scope="module")
