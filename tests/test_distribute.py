@@ -108,17 +108,6 @@ out["resumed_steps"] = [first["steps"], second["steps"]]
 print("RESULT " + json.dumps(out))
 """
 
-_WORKER = _PRELUDE + """
-from tfp_vae import train
-from tfp_vae.config import Config
-
-config = Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=2,
-                eval_iwae_k=4, figures=False, export=False, seed=5, strategy="multi_worker")
-metrics = train.train_and_evaluate(config, sys.argv[1], verbose=0)
-print("RESULT " + json.dumps(metrics))
-"""
-
-
 def _env():
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,24 +211,13 @@ def test_checkpoints_restore_across_strategies(mirrored):
     assert mirrored["resumed_steps"] == [4, 8]
 
 
-def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints(tmp_path):
-    chief, other = _two_workers(_WORKER, tmp_path)
-    assert chief["steps"] == other["steps"] == 2 * (256 // 64)
-    # The workers hold the same (all-reduced) weights, so they score the test set alike.
-    np.testing.assert_allclose(chief["elbo"], other["elbo"], rtol=1e-5)
-    assert np.isfinite(chief["elbo"])
-    # Worker 0 is the chief: it writes the real checkpoints and metrics.
-    ckpt = tmp_path / "checkpoints"
-    assert (ckpt / "checkpoint").exists() and any(ckpt.glob("ckpt-8.index"))
-    assert (tmp_path / "metrics.json").exists()
-
-
-# Two workers over a streamed folder: what each reads of epoch 1, then that epoch trained.
+# Two workers over a streamed folder: what each reads of epoch 1, then that epoch
+# trained; then, in the same cluster, a run on in-memory arrays (sharded by data).
 _STREAM_WORKER = _PRELUDE + """
 from tfp_vae import execution, input_pipeline, train
 from tfp_vae.config import Config
 
-folder, workdir = sys.argv[1], sys.argv[2]
+folder, workdir, memory_workdir = sys.argv[1], sys.argv[2], sys.argv[3]
 config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
                 epochs=1, eval_iwae_k=4, figures=False, export=False, seed=5,
                 strategy="multi_worker", cache_mb=0)      # stream the folder, small as it is
@@ -252,7 +230,12 @@ for batch in input_pipeline.train_dataset(config, stream, 0, strategy=strategy):
         pixels = np.round(x.numpy() * 255).astype(int).reshape(len(x), -1)
         seen.append((pixels[:, 0] + 256 * pixels[:, 1]).tolist())   # the image's number
 metrics = train.train_and_evaluate(config, workdir, verbose=0)
-print("RESULT " + json.dumps({"seen": seen, "n": len(stream), "steps": metrics["steps"]}))
+memory = train.train_and_evaluate(
+    Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=2, eval_iwae_k=4,
+           figures=False, export=False, seed=5, strategy="multi_worker"), memory_workdir,
+    verbose=0)
+print("RESULT " + json.dumps({"seen": seen, "n": len(stream), "steps": metrics["steps"],
+                              "memory": memory}))
 """
 
 _RESUME_ALONE = _PRELUDE + """
@@ -266,9 +249,12 @@ print("RESULT " + json.dumps({"steps": train.train_and_evaluate(config, workdir,
 """
 
 
-def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """_STREAM_WORKER run by a two-worker cluster over a folder of numbered PNGs."""
     import tensorflow as tf
 
+    tmp_path = tmp_path_factory.mktemp("two_workers")
     folder = tmp_path / "images"
     for split, count in (("train", 150), ("test", 20)):
         os.makedirs(folder / split)
@@ -276,7 +262,13 @@ def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(t
             pixels = np.random.default_rng(i).integers(0, 256, (4, 4, 1), np.uint8)
             pixels.flat[:2] = (i % 256, i // 256)                  # its number, in two pixels
             tf.io.write_file(str(folder / split / f"{i:03d}.png"), tf.io.encode_png(pixels))
-    chief, other = _two_workers(_STREAM_WORKER, folder, tmp_path / "run")
+    results = _two_workers(_STREAM_WORKER, folder, tmp_path / "run", tmp_path / "memory")
+    return {"tmp_path": tmp_path, "folder": folder, "results": results}
+
+
+def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(two_workers):
+    tmp_path, folder = two_workers["tmp_path"], two_workers["folder"]
+    chief, other = two_workers["results"]
     n = chief["n"]                                   # train/ less the validation it carves
     steps = -(-n // 16)
     assert 100 < n < 150 and len(chief["seen"]) == len(other["seen"]) == steps
@@ -292,3 +284,15 @@ def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(t
         [sys.executable, "-c", textwrap.dedent(_RESUME_ALONE), str(folder), str(tmp_path / "run")],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)])
     assert alone["steps"] == 2 * steps
+
+
+def test_multi_worker_mirrored_two_local_workers_train_and_the_chief_checkpoints(two_workers):
+    tmp_path, chief, other = two_workers["tmp_path"], *(w["memory"] for w in two_workers["results"])
+    assert chief["steps"] == other["steps"] == 2 * (256 // 64)
+    # The workers hold the same (all-reduced) weights, so they score the test set alike.
+    np.testing.assert_allclose(chief["elbo"], other["elbo"], rtol=1e-5)
+    assert np.isfinite(chief["elbo"])
+    # Worker 0 is the chief: it writes the real checkpoints and metrics.
+    ckpt = tmp_path / "memory" / "checkpoints"
+    assert (ckpt / "checkpoint").exists() and any(ckpt.glob("ckpt-8.index"))
+    assert (tmp_path / "memory" / "metrics.json").exists()
