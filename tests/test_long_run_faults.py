@@ -79,13 +79,13 @@ def test_a_busy_workdir_is_refused_at_once_and_a_killed_holder_leaves_it_usable(
 
     holder.kill()                          # the kernel drops the lock with the process
     finish(holder)
-    again = start(workdir, long)
-    for line in again.stdout:
-        if line.startswith("Resuming from ckpt-"):
-            break
-    again.kill()
-    code, _, err = finish(again)
-    assert code == -9, f"the re-run did not resume: {err}"
+    # Free for the next run at once (what that run does with it is the Lock's
+    # test below; that a re-run resumes, test_faults').
+    from tfp_vae import workdir as workdir_lib
+    lock = workdir_lib.Lock(workdir)
+    assert lock.acquire()
+    lock.release()
+    assert checkpoint_steps(workdir)
 
 
 def test_the_lock_names_its_holder_and_is_free_again_once_released(tmp_path):
