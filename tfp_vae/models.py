@@ -27,6 +27,15 @@ _PACKAGE = "tfp_vae"
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1
 
 
+# The steps are plain Python over TF ops (loops are tf.while_loop, branches on
+# Python values), as the evaluation functions are (evaluate.py traces those with
+# autograph=False). Keras traces `train_function` with AutoGraph on, and
+# AutoGraph's rewriting of every method a step calls, TFP's included, was a
+# fifth of a small run's time: the steps opt out of it, whichever loop calls
+# them (Keras', FusedSteps'). A subclass's own step is converted as Keras does.
+_plain_python = tf.autograph.experimental.do_not_convert
+
+
 def _descend(model: keras.Model, tape: tf.GradientTape, loss: tf.Tensor) -> None:
     """One optimizer step on the batch mean of the per-example `loss` `[B]`.
 
@@ -285,6 +294,7 @@ class VAE(_Model):
         """What the objectives take, from what a dataset yields."""
         return _inputs(data)
 
+    @_plain_python
     def train_step(self, data):
         x = self._model_inputs(data)
         with tf.GradientTape() as tape:
@@ -292,6 +302,7 @@ class VAE(_Model):
         _descend(self, tape, loss)
         return self._update_metrics(loss, terms)
 
+    @_plain_python
     def test_step(self, data):
         x = self._model_inputs(data)
         loss, terms = self.objective_terms(x, self._step_seed(_EVAL_STREAM))
@@ -457,6 +468,7 @@ class Autoencoder(_Model):
         """What the objectives take, from what a dataset yields."""
         return _inputs(data)
 
+    @_plain_python
     def train_step(self, data):
         x = self._model_inputs(data)
         with tf.GradientTape() as tape:
@@ -464,6 +476,7 @@ class Autoencoder(_Model):
         _descend(self, tape, loss)
         return self._update_metrics(loss, squared)
 
+    @_plain_python
     def test_step(self, data):
         return self._update_metrics(*self.losses_per_example(_inputs(data)))
 
