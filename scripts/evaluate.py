@@ -41,7 +41,8 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
 _LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N examples (default: the "
                               "run's limit).", lower_bound=1)
 _PROBE = flags.DEFINE_bool("probe", True, "Fit a linear probe on the training split's codes.")
-_JIT = flags.DEFINE_bool("jit", True, "Compile the evaluation with XLA.")
+_JIT = flags.DEFINE_bool("jit", None, "Compile the evaluation with XLA (default: as the run "
+                        "did, its config's --jit; XLA draws other samples).")
 _TENSORBOARD = flags.DEFINE_bool("tensorboard", True, "Write the evaluation as a TensorBoard "
                                  "run (its numbers, the codes in the Projector): "
                                  "WORKDIR/tensorboard/evaluation_<split>, or beside the "

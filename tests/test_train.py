@@ -71,11 +71,11 @@ def test_every_pass_over_the_evaluation_data_sees_the_same_images():
     assert abs(np.mean(first != (x > 0.5)) - expected) < 5 * stderr
 
 
-# A run that overfits 64 digits fast enough to stop early (after 11 epochs, the
-# best being the 8th, with this seed).
+# A run that overfits 64 digits fast enough to stop early. Without XLA: the
+# exact resume under XLA is the test above's; this one is about the epochs.
 STOPPING = config_lib.preset("tiny").replace(limit=64, epochs=40, patience=2, warmup_epochs=3,
                                              learning_rate=0.03, figures=False, export=False,
-                                             eval_iwae_k=4)
+                                             eval_iwae_k=4, jit=False)
 
 
 @pytest.fixture(scope="module")

@@ -380,7 +380,7 @@ def export_run_weights(workdir: str, path: str | None = None) -> str:
 
 
 def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, seed: int | None,
-              limit: int | None, probe: bool, jit: bool, logdir: str | None = None,
+              limit: int | None, probe: bool, jit: bool | None, logdir: str | None = None,
               step: int = 0) -> dict:
     """Every number of an evaluation; images binarised as the run's evaluation data are.
     With `logdir`, also a TensorBoard run there: the numbers at `step` and the
@@ -419,7 +419,8 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
 def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_size: int = 100,
                      seed: int | None = None, limit: int | None = None,
                      data_dir: str | None = None, output: str | None = None,
-                     probe: bool = True, jit: bool = True, tensorboard: bool = True) -> dict:
+                     probe: bool = True, jit: bool | None = None,
+                     tensorboard: bool = True) -> dict:
     """Evaluates a run's latest checkpoint; writes the result to `output`
     (default `workdir/evaluation.json`) and returns it. With `tensorboard`,
     also the TensorBoard run `workdir/tensorboard/evaluation_<split>`: the
@@ -427,8 +428,9 @@ def evaluate_workdir(workdir: str, *, k: int = 1000, split: str = "test", batch_
 
     ELBO, reconstruction, KL and iwae_{k} are nats per example over the
     split's first `limit` images (default: the run's limit); seed defaults to
-    the run's. With k = eval_iwae_k and batch_size = the run's, the ELBO and
-    IWAE numbers repeat the run's metrics.json.
+    the run's, and `jit` (XLA or not, which draws other stateless samples) the
+    run's `config.jit`. With k = eval_iwae_k and batch_size = the run's, the
+    ELBO and IWAE numbers repeat the run's metrics.json.
     """
     config = workdir_lib.run_config(workdir)
     if data_dir is not None:
@@ -450,7 +452,7 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
                          split: str = "test", batch_size: int = 100, seed: int | None = None,
                          limit: int | None = None, data_dir: str | None = None,
                          output: str | None = None, probe: bool = True,
-                         jit: bool = True, tensorboard: bool = True) -> dict:
+                         jit: bool | None = None, tensorboard: bool = True) -> dict:
     """Evaluates an exported SavedModel through its signatures (encode, elbo, iwae).
 
     The data set, binarisation, seed and limit come from `config`, by default
@@ -478,8 +480,8 @@ def evaluate_saved_model(path: str, *, config: Config | None = None, k: int = 10
 def evaluate_weights(path: str, *, config: Config | None = None, k: int = 1000,
                      split: str = "test", batch_size: int = 100, seed: int | None = None,
                      limit: int | None = None, data_dir: str | None = None,
-                     output: str | None = None, probe: bool = True, jit: bool = True,
-                     tensorboard: bool = True) -> dict:
+                     output: str | None = None, probe: bool = True,
+                     jit: bool | None = None, tensorboard: bool = True) -> dict:
     """Evaluates the model of a weights file (`export.save_weights`; a run's
     `model.weights.h5`) rebuilt from the config.json beside it (`restore_weights`):
     the numbers `evaluate_workdir` gives for the run's restored model. Writes
