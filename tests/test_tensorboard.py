@@ -32,9 +32,11 @@ from tfp_vae.experiments import compare
 tfd = tfp.distributions
 
 # Two epochs of 256 digits, three latent dimensions (so the Projector has a 3-D PCA).
+# Without XLA: what the dashboards show does not depend on it, and compiling costs seconds.
 CONFIG = config_lib.preset("tiny").replace(epochs=2, latent_dim=3, figures=False, export=False,
-                                           eval_iwae_k=4)
-COMPARE = config_lib.preset("tiny").replace(figures=False, export=False, binarize="none")
+                                           eval_iwae_k=4, jit=False)
+COMPARE = config_lib.preset("tiny").replace(figures=False, export=False, binarize="none",
+                                            jit=False)
 DASHBOARDS = ("scalars", "images", "hparams", "projector")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
