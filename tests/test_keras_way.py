@@ -52,7 +52,7 @@ def _epoch(x, y, e, labels):
     return data.epoch_dataset(x, 64, y=y if labels else None, binarize="dynamic", seed=e)
 
 
-def _build(kind, precision="float32"):
+def _build(kind, precision="float32", jit=True):
     keras.utils.set_random_seed(0)
     config = TINY.replace(model="hvae" if kind == "hvae" else "vae", conditional=kind == "cvae",
                           precision=precision)
@@ -61,14 +61,18 @@ def _build(kind, precision="float32"):
             model = factory.build_autoencoder(TINY.replace(binarize="none"), (28, 28, 1))
         else:
             model = factory.build_model(config, (28, 28, 1), num_classes=10)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True, steps_per_execution=32)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit, steps_per_execution=32)
     return model
 
 
-@pytest.mark.parametrize("kind, precision", [("vae", "float32"), ("cvae", "float32"),
-                                             ("ae", "float32"), ("hvae", "float32"),
-                                             ("vae", "mixed_float16")])
-def test_a_keras_file_resumes_training_exactly(digits, tmp_path, kind, precision):
+# What a .keras file holds does not depend on XLA: the VAE resumes on the fused
+# XLA steps, the others on Keras' own loop, which compiles in a fraction of the time.
+@pytest.mark.parametrize("kind, precision, jit", [("vae", "float32", True),
+                                                  ("cvae", "float32", False),
+                                                  ("ae", "float32", False),
+                                                  ("hvae", "float32", False),
+                                                  ("vae", "mixed_float16", False)])
+def test_a_keras_file_resumes_training_exactly(digits, tmp_path, kind, precision, jit):
     x, y = digits
     labels = kind == "cvae"
 
@@ -78,7 +82,7 @@ def test_a_keras_file_resumes_training_exactly(digits, tmp_path, kind, precision
 
     # Saved after two epochs, then trained on: the uninterrupted run (each
     # epoch is a fit of its own either way), one model to build and compile.
-    straight = _build(kind, precision)
+    straight = _build(kind, precision, jit)
     fit(straight, range(2))
     path = str(tmp_path / f"{kind}.keras")
     straight.save(path)
