@@ -35,12 +35,14 @@ from tfp_vae import data, execution, factory, input_pipeline
 from tfp_vae.config import Config
 
 workdir = sys.argv[1]
+# One step per call without XLA on one device: what compile_model makes of
+# the defaults (XLA, 32 steps per call) under Mirrored here, asked for below.
 config = Config(latent_dim=8, hidden_units=(64,), batch_size=64, epochs=3, seed=5,
-                steps_per_execution=1)
+                steps_per_execution=1, jit=False)
 x = data.load_arrays("mnist_5k", "train")[0][:512]
 out = {}
 
-def run(strategy):
+def run(strategy, config):
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
         model = factory.build_vae(config, x.shape[1:])
@@ -49,10 +51,11 @@ def run(strategy):
                         verbose=0).history["loss"][0] for e in range(config.epochs)]
     return model, optimizer, losses
 
-one, one_opt, out["one_device_losses"] = run(tf.distribute.get_strategy())
+one, one_opt, out["one_device_losses"] = run(tf.distribute.get_strategy(), config)
 mirrored = execution.make_strategy(config.replace(strategy="mirrored"))
 out["replicas"] = mirrored.num_replicas_in_sync
-two, two_opt, out["mirrored_losses"] = run(mirrored)
+two, two_opt, out["mirrored_losses"] = run(
+    mirrored, config.replace(strategy="mirrored", jit=True, steps_per_execution=32))
 
 out["mirrored_jit"] = bool(two.jit_compile)
 out["mirrored_steps_per_execution"] = int(two.steps_per_execution)
@@ -100,7 +103,7 @@ workdir = sys.argv[1]
 out = {}
 # A run checkpointed under the default strategy resumes under Mirrored.
 config = Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=1,
-                eval_iwae_k=4, figures=False, export=False, seed=5)
+                eval_iwae_k=4, figures=False, export=False, seed=5, jit=False)
 first = train.train_and_evaluate(config, os.path.join(workdir, "run"), verbose=0)
 second = train.train_and_evaluate(config.replace(epochs=2, strategy="mirrored"),
                                   os.path.join(workdir, "run"), verbose=0)
