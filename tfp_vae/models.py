@@ -31,7 +31,8 @@ _TRAIN_STREAM, _EVAL_STREAM = 0, 1
 # Python values), as the evaluation functions are (evaluate.py traces those with
 # autograph=False). Keras traces `train_function` with AutoGraph on, and
 # AutoGraph's rewriting of every method a step calls, TFP's included, was a
-# fifth of a small run's time: the steps opt out of it, whichever loop calls
+# fifth of a tiny in-process run's profile (6% of a tiny script run's wall
+# time, docs/performance.md): the steps opt out of it, whichever loop calls
 # them (Keras', FusedSteps'). A subclass's own step is converted as Keras does.
 _plain_python = tf.autograph.experimental.do_not_convert
 
