@@ -52,7 +52,7 @@ def _epoch(x, y, e, labels):
     return data.epoch_dataset(x, 64, y=y if labels else None, binarize="dynamic", seed=e)
 
 
-def _build(kind, precision="float32", jit=True):
+def _build(kind, precision, jit):
     keras.utils.set_random_seed(0)
     config = TINY.replace(model="hvae" if kind == "hvae" else "vae", conditional=kind == "cvae",
                           precision=precision)
