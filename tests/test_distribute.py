@@ -216,13 +216,16 @@ def test_checkpoints_restore_across_strategies(mirrored):
 
 # Two workers over a streamed folder: what each reads of epoch 1, then that epoch
 # trained; then, in the same cluster, a run on in-memory arrays (sharded by data).
+# No XLA (jit=False): on CPU replicas the step falls back to uncompiled anyway
+# (the Mirrored test checks that), and compiling the end-of-run evaluation
+# would only add to the time.
 _STREAM_WORKER = _PRELUDE + """
 from tfp_vae import execution, input_pipeline, train
 from tfp_vae.config import Config
 
 folder, workdir, memory_workdir = sys.argv[1], sys.argv[2], sys.argv[3]
 config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
-                epochs=1, eval_iwae_k=4, figures=False, export=False, seed=5,
+                epochs=1, eval_iwae_k=4, figures=False, export=False, seed=5, jit=False,
                 strategy="multi_worker", cache_mb=0)      # stream the folder, small as it is
 strategy = execution.make_strategy(config)
 execution.make_strategy = lambda config: strategy   # one MultiWorkerMirrored per process
@@ -235,8 +238,8 @@ for batch in input_pipeline.train_dataset(config, stream, 0, strategy=strategy):
 metrics = train.train_and_evaluate(config, workdir, verbose=0)
 memory = train.train_and_evaluate(
     Config(limit=256, latent_dim=2, hidden_units=(32,), batch_size=64, epochs=2, eval_iwae_k=4,
-           figures=False, export=False, seed=5, strategy="multi_worker"), memory_workdir,
-    verbose=0)
+           figures=False, export=False, seed=5, jit=False, strategy="multi_worker"),
+    memory_workdir, verbose=0)
 print("RESULT " + json.dumps({"seen": seen, "n": len(stream), "steps": metrics["steps"],
                               "memory": memory}))
 """
@@ -247,7 +250,8 @@ from tfp_vae.config import Config
 
 folder, workdir = sys.argv[1], sys.argv[2]
 config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
-                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5, cache_mb=0)
+                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5, jit=False,
+                cache_mb=0)
 print("RESULT " + json.dumps({"steps": train.train_and_evaluate(config, workdir, verbose=0)["steps"]}))
 """
 
