@@ -382,7 +382,8 @@ def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resume
     assert "stopped in epoch 1" in message and "(it starts afresh)" in message
     # Broken after a checkpoint: the re-run resumes from it once the file is fixed.
     # Its first epoch is trained here, where TensorFlow is loaded already; the
-    # script's runs below resume it, so they check that it is their config.
+    # script's runs below resume it, and a resumed run must match config.json's
+    # model and data settings, so they check that it is the script's run.
     with open(bad, "wb") as f:
         f.write(good)
     train.train_and_evaluate(config.replace(epochs=1), str(tmp_path / "run"), verbose=0)
