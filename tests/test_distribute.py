@@ -218,7 +218,7 @@ def test_checkpoints_restore_across_strategies(mirrored):
 # trained; then, in the same cluster, a run on in-memory arrays (sharded by data).
 # No XLA (jit=False): on CPU replicas the step falls back to uncompiled anyway
 # (the Mirrored test checks that), and compiling the end-of-run evaluation
-# would only add to the time.
+# would only add to the time; the one-machine resume must match it.
 _STREAM_WORKER = _PRELUDE + """
 from tfp_vae import execution, input_pipeline, train
 from tfp_vae.config import Config
@@ -243,18 +243,6 @@ memory = train.train_and_evaluate(
 print("RESULT " + json.dumps({"seen": seen, "n": len(stream), "steps": metrics["steps"],
                               "memory": memory}))
 """
-
-_RESUME_ALONE = _PRELUDE + """
-from tfp_vae import train
-from tfp_vae.config import Config
-
-folder, workdir = sys.argv[1], sys.argv[2]
-config = Config(dataset=folder, binarize="none", latent_dim=2, hidden_units=(16,), batch_size=16,
-                epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5, jit=False,
-                cache_mb=0)
-print("RESULT " + json.dumps({"steps": train.train_and_evaluate(config, workdir, verbose=0)["steps"]}))
-"""
-
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
@@ -286,10 +274,16 @@ def test_two_workers_read_their_own_shards_of_a_stream_and_one_machine_resumes(t
     assert not set(mine) & set(theirs) and len(set(mine + theirs)) == len(mine + theirs) == n
     assert set(mine + theirs) <= set(range(150))
     assert chief["steps"] == other["steps"] == steps
-    # The chief's checkpoint resumes on one machine, without a strategy.
-    (alone,) = _results([subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_RESUME_ALONE), str(folder), str(tmp_path / "run")],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)])
+    # The chief's checkpoint resumes on one machine, without a strategy: here,
+    # in the test's own process (nothing in it needs a cluster or devices).
+    # The Config is the workers' less the strategy, one epoch more; a resume
+    # must match the model and data settings of the run's config.json.
+    from tfp_vae import train
+    from tfp_vae.config import Config
+    alone = train.train_and_evaluate(
+        Config(dataset=str(folder), binarize="none", latent_dim=2, hidden_units=(16,),
+               batch_size=16, epochs=2, eval_iwae_k=4, figures=False, export=False, seed=5,
+               jit=False, cache_mb=0), str(tmp_path / "run"), verbose=0)
     assert alone["steps"] == 2 * steps
 
 
