@@ -210,41 +210,52 @@ def uninterrupted(tmp_path_factory):
     return reference
 
 
+def _stops_at_a_full_disk(workdir, reference) -> str:
+    """Runs until the disk is full; checks the one-line stop and what it left;
+    the line."""
+    code, _, err = finish(quick(workdir, *FULL_DISK))
+    assert code == 74, err
+    message = last_line(err)
+    assert message.startswith("write failed: could not write "), err
+    assert "No space left on device" in message and " free there)" in message
+    assert "Traceback" not in err
+    assert not leftovers(workdir), leftovers(workdir)
+    assert checkpoint_steps(workdir)
+    for step in checkpoint_steps(workdir):          # every one written stays readable
+        ours = os.path.join(workdir, "checkpoints", f"ckpt-{step}")
+        theirs = os.path.join(reference, "checkpoints", f"ckpt-{step}")
+        if os.path.exists(theirs + ".index"):        # (the reference rotated older ones away)
+            assert_same_state(theirs, ours)
+        else:
+            assert tensors(ours)
+    return message
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="a tmpfs needs root; the injected-error tests "
                     "above cover the write path without it")
-@pytest.mark.parametrize("room, fails_at", [(2.5, "checkpoint ckpt-12"), (3.4, None)])
-def test_a_full_disk_stops_in_one_line_and_the_freed_run_ends_bit_identical(
-        tmp_path, uninterrupted, room, fails_at):
-    # room: the disk's size in checkpoints: 2.5 fills it at the third
-    # checkpoint; 3.4 at the end-of-run artifacts (figures, SavedModel).
-    extra, reference = FULL_DISK, uninterrupted
+def test_a_full_disk_stops_in_one_line_and_the_freed_run_ends_bit_identical(tmp_path,
+                                                                           uninterrupted):
+    # One run on a disk that grows. Room for 2.5 checkpoints fills at the
+    # third. Resumed with room for 4.7 (MAX_TO_KEEP = 3 kept, a fourth while it
+    # is written), it trains to the end and fills at the end-of-run artifacts
+    # (figures, weights, SavedModel: 2.5 checkpoints' worth). With room
+    # enough, it ends as the uninterrupted reference did.
+    reference = uninterrupted
     ckpt = os.path.join(reference, "checkpoints", f"ckpt-{4 * QUICK_STEPS}")
-    size_kb = int(room * sum(os.path.getsize(ckpt + s) for s in
-                             (".index", ".data-00000-of-00001")) / 1024)
+    size_kb = sum(os.path.getsize(ckpt + s) for s in (".index", ".data-00000-of-00001")) / 1024
 
-    with tmpfs(tmp_path / "disk", size_kb) as resize:
+    with tmpfs(tmp_path / "disk", int(2.5 * size_kb)) as resize:
         workdir = str(tmp_path / "disk" / "run")
-        code, _, err = finish(quick(workdir, *extra))
-        assert code == 74, err
-        message = last_line(err)
-        assert message.startswith("write failed: could not write "), err
-        assert "No space left on device" in message and " free there)" in message
-        assert "Traceback" not in err
-        if fails_at:
-            assert message.startswith(f"write failed: could not write {fails_at} "), message
-        assert not leftovers(workdir), leftovers(workdir)
-        assert checkpoint_steps(workdir)
-        for step in checkpoint_steps(workdir):          # every earlier one stays readable
-            ours = os.path.join(workdir, "checkpoints", f"ckpt-{step}")
-            theirs = os.path.join(reference, "checkpoints", f"ckpt-{step}")
-            if os.path.exists(theirs + ".index"):        # (the reference rotated older ones away)
-                assert_same_state(theirs, ours)
-            else:
-                assert tensors(ours)
+        message = _stops_at_a_full_disk(workdir, reference)
+        assert message.startswith("write failed: could not write checkpoint ckpt-12 "), message
+        resize(int(4.7 * size_kb))
+        message = _stops_at_a_full_disk(workdir, reference)
+        assert "checkpoint" not in message.split(" to ")[0], message
+        assert checkpoint_steps(workdir)[-1] == 4 * QUICK_STEPS
 
         resize(64 * 1024)                               # space freed
-        code, out, err = finish(quick(workdir, *extra))
+        code, out, err = finish(quick(workdir, *FULL_DISK))
         assert code == 0, err
         assert "Resuming from ckpt-" in out
         final = f"ckpt-{4 * QUICK_STEPS}"
