@@ -142,6 +142,17 @@ def test_kill_term_and_corrupt_checkpoint_resume_exactly(tmp_path):
     assert f"Resuming from ckpt-{step}:" in outputs[1][1]
     assert_same_state(os.path.join(ref, "checkpoints", FINAL),
                       os.path.join(run_dir, "checkpoints", FINAL))
+    # After the kill it redid whole epochs, number for number the uninterrupted
+    # run's. The epoch stopped mid-way averaged its training metrics over the
+    # steps after the resume only; every other number, and every validation
+    # number, is the uninterrupted one's.
+    history = {name: read_json(os.path.join(name, "history.json")) for name in (ref, run_dir)}
+    assert all(len(v) == EPOCHS for v in history[ref].values())
+    assert history[run_dir].keys() == history[ref].keys()
+    stopped = step // STEPS_PER_EPOCH
+    for key, values in history[ref].items():
+        same = [e for e in range(EPOCHS) if key.startswith("val_") or e != stopped]
+        assert [history[run_dir][key][e] for e in same] == [values[e] for e in same], key
 
 
 @pytest.mark.slow
