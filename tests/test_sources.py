@@ -325,7 +325,7 @@ def test_a_prepared_tfds_set_streams_its_training_split_from_its_own_files(
 
 
 def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path):
-    from test_faults import assert_same_state, finish, start
+    from test_faults import _terminate_when, assert_same_state, finish, start
     from tfp_vae import train
     from tfp_vae.config import preset
 
@@ -334,14 +334,7 @@ def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path):
            "--cache_mb=0"]                                 # stream it, small as it is
     ref, termed = str(tmp_path / "ref"), str(tmp_path / "termed")
     interrupted = start(termed, *run)
-
-    def terminate_in_epoch_2():
-        for line in interrupted.stdout:
-            if line.startswith("Epoch 2/"):
-                interrupted.terminate()
-                return
-
-    watcher = threading.Thread(target=terminate_in_epoch_2)
+    watcher = threading.Thread(target=_terminate_when, args=(interrupted, "Epoch 2/"))
     watcher.start()
     # The uninterrupted reference trains here meanwhile, where TensorFlow is
     # loaded already, with the settings `start(..., *run)` gives the script.
