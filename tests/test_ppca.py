@@ -47,7 +47,9 @@ def linear_vae(digits):
     keras.utils.set_random_seed(0)
     vae = VAE(layers.GaussianEncoder(K, hidden_units=()),
               layers.NormalDecoder((digits.shape[1],), scale="scalar", hidden_units=()), seed=0)
-    steps = 3000
+    # 1,000 full-batch steps reach the closed form to 0.13% (3,000: 0.01%),
+    # a tenth of what the tests below allow.
+    steps = 1000
     vae.compile(optimizer=keras.optimizers.Adam(
         keras.optimizers.schedules.CosineDecay(1e-2, steps)), jit_compile=True,
         steps_per_execution=100)
