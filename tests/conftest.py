@@ -8,7 +8,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # XLA compiles the tests' programs (and those of the scripts they start, which
 # inherit the environment) without LLVM's optimisation passes: the tests
 # compile hundreds of small programs and run each for a few steps, so the
-# optimiser's time is much of what XLA costs them (the suite took 16% less
+# optimiser's time is much of what XLA costs them (the suite took ~15% less
 # time). The code is then not bit-for-bit what users run: float rounding
 # differs (the default run ends on test ELBO -118.20 at level 0, -118.31 at
 # the default level), and no test depends on those digits. To run the suite
