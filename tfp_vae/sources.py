@@ -45,7 +45,7 @@ _CARVED = {"validation": (0,), "train": tuple(range(1, _BUCKETS))}  # validation
 SHUFFLE_BUFFER = 10_000
 _MISMATCH = "images differ in size"
 _PARALLEL = max(2, min(4, os.cpu_count() or 2))   # batches decoded at once
-_DECODE_GROUP = 32                                 # images of a batch decoded by one loop iteration
+_DECODE_GROUP = 32                                 # most images of a batch one loop iteration decodes
 
 
 def parse_size(image_size: str | tuple | None) -> tuple[int, int] | None:
@@ -163,7 +163,7 @@ class Stream:
         key = tf.constant(int(seed) % 2**31, tf.int64)
 
         def decode(index, records):
-            x, y = self._decode_batch(records)
+            x, y = self._decode_batch(records, batch_size)
             if binarize == "static":
                 x = tf.cast(x > 0.5, x.dtype)
             elif binarize == "dynamic":
@@ -232,7 +232,7 @@ class Stream:
         return ds.interleave(records, cycle_length=min(4, len(files)),
                              num_parallel_calls=min(4, len(files)), deterministic=True)
 
-    def _decode_batch(self, records):
+    def _decode_batch(self, records, batch_size: int):
         """Images float32 ``[B, H, W, C]`` in [0, 1] and labels int64 ``[B]`` of a
         batch of records: (encoded image, label) pairs of a folder, or
         serialized tf.train.Examples."""
@@ -254,18 +254,20 @@ class Stream:
             # costs a third of the speed.
             return tf.ensure_shape(image, (h, w, c))
 
-        # Groups of _DECODE_GROUP images, each decoded by ops of its own: a
-        # loop iteration per image (tf.map_fn over the batch) cost as much as
-        # decoding a 28x28 PNG. A short batch is padded with copies of its
-        # first image, whose decodes are dropped.
+        # Groups of up to _DECODE_GROUP images, each decoded by ops of its
+        # own: a loop iteration per image (tf.map_fn over the batch) cost as
+        # much as decoding a 28x28 PNG. The group size splits a full batch of
+        # `batch_size` as evenly as it goes (100: 4 x 25), so only a short
+        # batch is padded much, with copies of its first image whose decodes
+        # are dropped.
+        size = -(-batch_size // -(-batch_size // _DECODE_GROUP))
         n = tf.shape(encoded)[0]
-        groups = (n + _DECODE_GROUP - 1) // _DECODE_GROUP
-        padded = tf.concat([encoded, tf.repeat(encoded[:1], groups * _DECODE_GROUP - n)], 0)
+        groups = (n + size - 1) // size
+        padded = tf.concat([encoded, tf.repeat(encoded[:1], groups * size - n)], 0)
         images = tf.map_fn(
-            lambda group: tf.stack([one(e) for e in tf.unstack(group, num=_DECODE_GROUP)]),
-            tf.reshape(padded, [groups, _DECODE_GROUP]),
-            fn_output_signature=tf.TensorSpec((_DECODE_GROUP, h, w, c), dtype),
-            parallel_iterations=4)
+            lambda group: tf.stack([one(e) for e in tf.unstack(group, num=size)]),
+            tf.reshape(padded, [groups, size]),
+            fn_output_signature=tf.TensorSpec((size, h, w, c), dtype), parallel_iterations=4)
         images = tf.cast(tf.reshape(images, [-1, h, w, c])[:n], tf.float32) / 255.0
         return (tf.clip_by_value(images, 0.0, 1.0) if self.resize else images), labels
 
