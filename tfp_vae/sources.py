@@ -260,9 +260,10 @@ class Stream:
         # `batch_size` as evenly as it goes (100: 4 x 25), so only a short
         # batch is padded much, with copies of its first image whose decodes
         # are dropped.
-        size = -(-batch_size // -(-batch_size // _DECODE_GROUP))
+        groups_of_full_batch = -(-batch_size // _DECODE_GROUP)
+        size = -(-batch_size // groups_of_full_batch)
         n = tf.shape(encoded)[0]
-        groups = (n + size - 1) // size
+        groups = -(-n // size)
         padded = tf.concat([encoded, tf.repeat(encoded[:1], groups * size - n)], 0)
         images = tf.map_fn(
             lambda group: tf.stack([one(e) for e in tf.unstack(group, num=size)]),

@@ -77,9 +77,9 @@ def probe(path: str, n: int, steps: int, warmup: int) -> dict:
         return done * config.batch_size
 
     train(warmup)
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu_start = time.perf_counter(), time.process_time()
     examples = train(steps)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"path": "memory" if path == "memory" else "stream", "images": n,
             "train_examples_per_sec": examples / seconds, "steps": steps,
             "cpu_us_per_example": 1e6 * cpu / examples,
