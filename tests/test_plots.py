@@ -53,6 +53,8 @@ FIGURES: dict[str, Callable[[pathlib.Path], str]] = {
     "rows_by_class_unlabelled": lambda p: plots.rows_by_class(IMAGES, 8, p),
     "training_curves": lambda p: plots.training_curves(HISTORY, p, title="training"),
     "training_curves_one": lambda p: plots.training_curves({"loss": [1.0]}, p),
+    "training_curves_spike": lambda p: plots.training_curves(
+        {"kl": [7e5] + [20.0] * 40 + [1.2e6] + [20.0] * 8}, p),
 }
 
 
@@ -131,6 +133,22 @@ def test_needs_neither_tensorflow_nor_a_display(tmp_path: pathlib.Path) -> None:
 
 
 # ------------------------------------------------------------ the latent grid
+
+
+def test_training_curves_leave_out_far_epochs_and_nothing_of_a_steady_climb() -> None:
+    # A run's history: a divergent first epoch and one spike (epoch 722 of a
+    # Fashion-MNIST HVAE: mean KL 1.2e6 nats) around a warm-up and a plateau.
+    rng = np.random.default_rng(0)
+    kl = np.concatenate([[7.2e5, 1.9e3], 20 + 80 * np.exp(-np.arange(100) / 20),
+                         19.2 + 0.1 * rng.standard_normal(600), [1.19e6], np.full(9, 19.6)])
+    bottom, top = plots._curve_limits(kl)
+    bulk = kl[2:][kl[2:] < 1e5]
+    assert bottom < bulk.min() and top > bulk.max()          # every other epoch on the scale
+    assert top < 0.1 * bulk.max() + bulk.max() and np.sum((kl < bottom) | (kl > top)) == 3
+    # A steep climb, a short run, a flat one: the whole curve is drawn.
+    assert plots._curve_limits(-120 - 400 * np.exp(-np.arange(30) / 2.0)) is None
+    assert plots._curve_limits(np.array([-540.0, -300, -200, -150])) is None
+    assert plots._curve_limits(np.full(50, -118.3)) is None
 
 
 def test_manifold_grid_values_are_normal_quantiles() -> None:

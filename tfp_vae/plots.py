@@ -420,8 +420,17 @@ def training_curves(
     for ax, (name, values) in zip(axes, curves.items()):
         epochs = np.arange(1, len(values) + 1)
         ax.plot(epochs, values, marker="o" if len(values) <= 30 else None, markersize=3)
+        limits = _curve_limits(values)
+        if limits is not None:     # a few epochs far off the rest: keep the rest readable
+            ax.set_ylim(*limits)
+            off = (values < limits[0]) | (values > limits[1])
+            ax.plot(epochs[off], np.clip(values[off], *limits), "r^", markersize=5, clip_on=False)
+            worst = int(np.argmax(np.abs(values - np.median(values))))
+            ax.set_xlabel(f"epoch (red: {int(off.sum())} off the scale, "
+                          f"{worst + 1} at {values[worst]:.2g})")
+        else:
+            ax.set_xlabel("epoch")
         ax.set_title(name)
-        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes[len(curves):]:
@@ -432,6 +441,27 @@ def training_curves(
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _curve_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """y-limits that leave out epochs far off the bulk of a curve, or None if none is.
+
+    The bulk is the 5th to 95th percentile; a value more than ten times its
+    span beyond it is off the scale (a divergent first epoch, one epoch of a
+    spike), so that the rest of a long run is not flattened to a line. A
+    steady climb, however steep its first epochs, stays whole.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size < 10:
+        return None
+    lo, hi = np.percentile(finite, [5, 95])
+    span = max(hi - lo, 1e-6 * max(abs(lo), abs(hi), 1.0))
+    inner = finite[(finite >= lo - 10 * span) & (finite <= hi + 10 * span)]
+    if inner.size == finite.size:
+        return None
+    bottom, top = inner.min(), inner.max()
+    margin = 0.05 * max(top - bottom, span)
+    return float(bottom - margin), float(top + margin)
 
 
 def _figure(figsize: tuple[float, float], layout: str = "constrained") -> Figure:
