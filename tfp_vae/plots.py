@@ -425,7 +425,7 @@ def training_curves(
             ax.set_ylim(*limits)
             off = (values < limits[0]) | (values > limits[1])
             ax.plot(epochs[off], np.clip(values[off], *limits), "r^", markersize=5, clip_on=False)
-            worst = int(np.argmax(np.abs(values - np.median(values))))
+            worst = int(np.argmax(np.where(off, np.abs(values - np.median(limits)), -1.0)))
             ax.set_xlabel(f"epoch (red: {int(off.sum())} off the scale, "
                           f"{worst + 1} at {values[worst]:.2g})")
         else:
