@@ -394,6 +394,10 @@ def training_curves(
 ) -> str:
     """One panel per metric against the epoch.
 
+    Epochs far off a curve's bulk (a divergent first epoch, a one-epoch
+    spike) are left off its y-scale, drawn in red at its edge and counted in
+    its x label, so that the rest of a long run stays readable.
+
     Args:
       history: {metric name: [E] values per epoch}, e.g. keys "elbo",
         "reconstruction", "kl" (nats per example); epochs count from 1.
