@@ -115,6 +115,21 @@ def test_the_reference_model_has_the_reference_parameter_count():
     assert factory.build_model(config, (28, 28, 1)).count_params() == 2_431_024 + 1
 
 
+def test_the_latent_scale_bounds_reach_every_gaussian_over_z():
+    config = config_lib.preset("tiny").replace(model="hvae", prior="vamp", prior_components=3,
+                                               latent_scale_min=0.05, latent_scale_max=0.3)
+    model = factory.build_model(config, (28, 28, 1))
+    gaussians = [layer for layer in model._flatten_layers()
+                 if isinstance(layer, layers.GaussianEncoder)]
+    assert len(gaussians) == 3          # q(z₂|x), which the VampPrior reads too; q(z₁|x, z₂); p(z₁|z₂)
+    assert {(g.min_scale, g.max_scale) for g in gaussians} == {(0.05, 0.3)}
+    x = tf.random.stateless_uniform([5, 28, 28, 1], seed=(1, 2))
+    scale = model.encode(x).stddev().numpy()
+    assert scale.min() >= 0.05 and scale.max() <= np.float32(0.3)
+    with pytest.raises(config_lib.ConfigError, match="latent_scale_max must exceed"):
+        config.replace(latent_scale_max=0.05)
+
+
 def test_shapes_sampling_saving_and_the_saved_model(tmp_path):
     config = config_lib.preset("tiny").replace(model="hvae", prior="vamp", prior_components=3)
     model = factory.build_model(config, (28, 28, 1))

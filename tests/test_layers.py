@@ -30,6 +30,8 @@ CASES = {
     "encoder_affine": (lambda: layers.GaussianEncoder(3, hidden_units=()), DATA_SHAPE, (3,)),
     "encoder_conv": (lambda: layers.GaussianEncoder(3, body=conv_encoder_body()),
                      DATA_SHAPE, (3,)),
+    "encoder_bounded": (lambda: layers.GaussianEncoder(3, hidden_units=(16,), min_scale=0.05,
+                                                       max_scale=0.6), DATA_SHAPE, (3,)),
     "bernoulli_mlp": (lambda: layers.BernoulliDecoder(DATA_SHAPE, hidden_units=(16,)),
                       (3,), DATA_SHAPE),
     "bernoulli_conv": (lambda: layers.BernoulliDecoder(DATA_SHAPE, body=conv_decoder_body()),
@@ -155,11 +157,31 @@ def test_dense_transpose_shares_the_kernel_variable():
     lambda: layers.BernoulliDecoder(()),
     lambda: layers.NormalDecoder((4,), scale=-1.0),
     lambda: layers.NormalDecoder((4,), scale="full"),
+    lambda: layers.GaussianEncoder(2, min_scale=0.1, max_scale=0.1),
 ])
 def test_bad_arguments_raise_clear_errors(bad):
     with pytest.raises(ValueError) as info:
         bad()
     assert "\n" not in str(info.value)
+
+
+def test_an_encoders_scales_stay_within_its_bounds_and_a_clipped_one_gets_no_gradient():
+    encoder = layers.GaussianEncoder(4, hidden_units=(), min_scale=0.05, max_scale=2.72,
+                                     data_shape=(2,))
+    encoder.build((None, 2))
+    kernel, bias = encoder.head.kernel, encoder.head.bias
+    # Raw scales of -20, -1, 1 and 20 (kernel zero): softplus + 0.05, the last clipped.
+    kernel.assign(tf.zeros_like(kernel))
+    bias.assign([0.0, 0.0, 0.0, 0.0, -20.0, -1.0, 1.0, 20.0])
+    with tf.GradientTape() as tape:
+        scale = encoder(tf.zeros([1, 2])).stddev()[0]
+    expected = np.minimum(np.log1p(np.exp([-20.0, -1.0, 1.0, 20.0])) + 0.05, 2.72)
+    np.testing.assert_allclose(scale.numpy(), expected, rtol=1e-6)
+    assert scale[0] > 0.05 and scale[3] == np.float32(2.72)
+    grad = tape.jacobian(scale, bias).numpy()[:, 4:]      # d scale_i / d raw_j
+    np.testing.assert_allclose(np.diag(grad)[:3], 1 / (1 + np.exp([20.0, 1.0, -1.0])),
+                               rtol=1e-5)
+    assert np.diag(grad)[3] == 0
 
 
 def test_gaussian_encoder_returns_the_fast_sampling_normal():

@@ -110,6 +110,13 @@ class Config:
                            choices=DECODERS)
     decoder_scale: str = setting("1.0", "Normal decoder's scale: a number, scalar or diagonal.",
                                  check=SCALE)
+    latent_scale_min: float = setting(
+        1e-4, "Floor added to every scale σ of the Gaussians over z (q(z|x), a VampPrior's "
+        "components, the HVAE's q(z1|x, z2) and p(z1|z2)), after a softplus.", check=POSITIVE)
+    latent_scale_max: float | None = setting(
+        None, "Ceiling of those scales (none by default). The reference VampPrior and HVAE "
+        "bound ln σ² to [-6, 2]: --latent_scale_min=0.05 --latent_scale_max=2.72.",
+        check=POSITIVE)
     prior: str = setting("normal", "normal (N(0, I)), vamp (VampPrior) or mog (learned "
                          "mixture).", choices=PRIORS)
     prior_components: int = setting(50, "Pseudo-inputs (vamp) or components (mog).",
@@ -169,6 +176,9 @@ class Config:
             if not ok:
                 raise ConfigError(message)
 
+        need(self.latent_scale_max is None or self.latent_scale_max > self.latent_scale_min,
+             f"latent_scale_max must exceed latent_scale_min ({self.latent_scale_min}); "
+             f"got {self.latent_scale_max}")
         need(self.strategy != "tpu" or bool(self.tpu),
              "strategy=tpu needs the TPU's address (--tpu)")
         need(not (self.objective == "iwae" and self.free_bits > 0),

@@ -57,7 +57,13 @@ def build_encoder(config: Config, data_shape, input_shape=None) -> keras.layers.
     when that is not the image itself (a conditional model's [x, onehot(y)])."""
     return layers.GaussianEncoder(config.latent_dim, hidden_units=config.hidden_units,
                                   body=_body(config, data_shape, "encoder"), name="encoder",
-                                  data_shape=input_shape or data_shape)
+                                  data_shape=input_shape or data_shape,
+                                  **_latent_scale_bounds(config))
+
+
+def _latent_scale_bounds(config: Config) -> dict:
+    """The scale bounds of every GaussianEncoder over z, as its keyword arguments."""
+    return dict(min_scale=config.latent_scale_min, max_scale=config.latent_scale_max)
 
 
 def build_decoder(config: Config, data_shape) -> keras.layers.Layer:
@@ -124,10 +130,11 @@ def build_hvae(config: Config, data_shape):
     joint = lambda sizes, name: bodies.branched(sizes, config.hidden_units, gated=gated,  # noqa
                                                 name=name)
     encoder_z1 = layers.GaussianEncoder(K, body=joint([D, K], "body"), data_shape=(D + K,),
-                                        name="encoder_z1")
+                                        name="encoder_z1", **_latent_scale_bounds(config))
     prior_z1 = layers.GaussianEncoder(K, hidden_units=config.hidden_units, data_shape=(K,),
                                       body=bodies.gated_mlp(config.hidden_units) if gated
-                                      else None, name="prior_z1")
+                                      else None, name="prior_z1",
+                                      **_latent_scale_bounds(config))
     decoder_body = joint([K, K], "body")
     if config.decoder == "normal":
         decoder = layers.NormalDecoder(data_shape, scale=decoder_scale(config),

@@ -146,7 +146,7 @@ class GaussianEncoder(_DistributionLayer):
     x `[..., *data_shape]` -> distribution with batch `[...]`, event
     `[latent_dim]`: every leading axis is batch. The head emits
     `params_size(latent_dim) = 2·latent_dim` numbers: the loc, and the scale
-    through softplus plus `min_scale`.
+    through softplus plus `min_scale`, clipped at `max_scale` if one is given.
 
     Args:
       latent_dim: K, the size of z.
@@ -158,6 +158,9 @@ class GaussianEncoder(_DistributionLayer):
       min_scale: floor added to every scale.
       data_shape: one example's shape, e.g. (28, 28, 1); without it the first
         call reads its input as `[B, *data_shape]`.
+      max_scale: ceiling of every scale, or None for none. A scale clipped
+        at it gets no gradient, as a hardtanh-bounded log-variance gets none
+        outside its bounds.
 
     >>> q = GaussianEncoder(2, hidden_units=())(tf.zeros([3, 4]))
     >>> q.batch_shape, q.event_shape
@@ -165,7 +168,7 @@ class GaussianEncoder(_DistributionLayer):
     """
 
     def __init__(self, latent_dim, hidden_units=(512, 512), body=None, activation="relu",
-                 min_scale=_DEFAULT_MIN_SCALE, data_shape=None, **kwargs):
+                 min_scale=_DEFAULT_MIN_SCALE, data_shape=None, max_scale=None, **kwargs):
         super().__init__(hidden_units=hidden_units, body=body, activation=activation, **kwargs)
         if int(latent_dim) <= 0:
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
@@ -173,6 +176,10 @@ class GaussianEncoder(_DistributionLayer):
             self._input_dims = tuple(int(d) for d in data_shape)
         self.latent_dim = int(latent_dim)
         self.min_scale = float(min_scale)
+        if max_scale is not None and not float(max_scale) > self.min_scale:
+            raise ValueError(f"max_scale must exceed min_scale ({self.min_scale}), "
+                             f"got {max_scale!r}")
+        self.max_scale = None if max_scale is None else float(max_scale)
         self.head = keras.layers.Dense(self.params_size(self.latent_dim), dtype="float32",
                                        name="head")
 
@@ -186,11 +193,15 @@ class GaussianEncoder(_DistributionLayer):
 
     def call(self, x):
         loc, raw_scale = tf.split(self._params(x), 2, axis=-1)
-        return NdtriNormalDiag(loc=loc, scale_diag=tf.math.softplus(raw_scale) + self.min_scale)
+        scale = tf.math.softplus(raw_scale) + self.min_scale
+        if self.max_scale is not None:
+            scale = tf.minimum(scale, self.max_scale)
+        return NdtriNormalDiag(loc=loc, scale_diag=scale)
 
     def get_config(self):
         config = super().get_config()
         config.update(latent_dim=self.latent_dim, min_scale=self.min_scale,
+                      max_scale=self.max_scale,
                       data_shape=None if self._input_dims is None else list(self._input_dims))
         return config
 
