@@ -95,7 +95,9 @@ class VampPrior(_Prior):
     def __init__(self, data_shape, num_components: int = 500, **kwargs):
         super().__init__(num_components, **kwargs)
         self.data_shape = tuple(int(d) for d in data_shape)
-        # Initial pseudo-inputs: grey images with a little noise, as in the paper.
+        # Initial pseudo-inputs: grey images (sigmoid of N(0, 0.1²), 0.5 ± 0.025).
+        # Tomczak & Welling's code starts them near black instead, a hardtanh
+        # to [0, 1] of N(0.05, 0.01²).
         self.raw_inputs = self.add_weight(
             name="raw_inputs", shape=(self.num_components,) + self.data_shape,
             initializer=keras.initializers.RandomNormal(stddev=0.1), dtype="float32")
