@@ -52,7 +52,9 @@ best peak seen in the run instead.
 With --scaling, the benchmark measures instead how memory and speed grow with
 the data set (benchmarks/scaling.py): peak RSS and training examples/s of the
 standard model trained from a TFRecord stream of N 28x28 images (written to a
-temporary directory), and from the same number of images held in memory.
+temporary directory), decoded once into a temporary file as a run does and
+decoded every epoch as with --nodisk_cache, and from the same number of
+images held in memory.
 
 Output: JSON on stdout (and in --output).
 """
@@ -101,7 +103,7 @@ _SCALING_STEPS = flags.DEFINE_integer("scaling_steps", 512, "--scaling: timed tr
 _SCALING_DIR = flags.DEFINE_string("scaling_dir", None, "--scaling: where to write the "
                                    "TFRecords (default: a temporary directory, removed after).")
 _PROBE = flags.DEFINE_string("probe", None, "Internal: run one measurement in this process "
-                             "(memory:NAME, iwae, scaling:PATH:N or resume:PATH:N) and print its JSON.")
+                             "(memory:NAME, iwae, scaling:SOURCE:PATH:N or resume:PATH:N) and print its JSON.")
 
 def probe_flags() -> list:
     """The flags a probe subprocess inherits."""
@@ -128,8 +130,9 @@ def main(argv):
     harness.set_threads(_INTRA.value, _INTER.value)
     if _PROBE.value:
         if _PROBE.value.startswith("scaling:"):
-            path, n = _PROBE.value.split(":", 1)[1].rsplit(":", 1)
-            result = scaling.probe(path, int(n), _SCALING_STEPS.value, _WARMUP.value)
+            source, rest = _PROBE.value.split(":", 2)[1:]
+            path, n = rest.rsplit(":", 1)
+            result = scaling.probe(source, path, int(n), _SCALING_STEPS.value, _WARMUP.value)
         elif _PROBE.value.startswith("resume:"):
             path, n = _PROBE.value.split(":", 1)[1].rsplit(":", 1)
             with tempfile.TemporaryDirectory() as temporary:

@@ -9,6 +9,7 @@ uninterrupted one, bit for bit.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import zlib
 
@@ -245,7 +246,7 @@ def test_a_resumed_pass_does_not_decode_the_batches_it_skips(tmp_path):
                                   np.stack(rows[8:]).astype(np.float32) / 255.0)
 
 
-@pytest.mark.parametrize("kind", ["folder", "tfrecord"])
+@pytest.mark.parametrize("kind", ["folder", "tfrecord", "decoded"])
 def test_shards_of_a_pass_hold_each_example_once_split_as_tf_distribute_splits_a_batch(
         tmp_path, kind):
     if kind == "folder":
@@ -255,6 +256,8 @@ def test_shards_of_a_pass_hold_each_example_once_split_as_tf_distribute_splits_a
         _write_records(tmp_path / "a.tfrecord", 40, shape=(4, 4, 1))
         _write_records(tmp_path / "b.tfrecord", 33, shape=(4, 4, 1))
         stream = data.open_stream(str(tmp_path / "*.tfrecord"), "train")
+        if kind == "decoded":
+            stream = stream.decoded()
     n, share = len(stream), 4                      # global batches of 3 x 4
     whole = [x for x in stream.dataset(3 * share, seed=7).as_numpy_iterator()]
     shards = [[x for x in stream.dataset(share, seed=7, shard=(i, 3)).as_numpy_iterator()]
@@ -290,13 +293,86 @@ def test_large_splits_stream_small_ones_are_cached(tmp_path):
     cached = input_pipeline.load_splits(config)
     assert isinstance(cached.x_train, np.ndarray)
     assert config.cache_mb > cached.x_train.nbytes / 2**20
-    streamed = input_pipeline.load_splits(config.replace(cache_mb=0))
-    assert streamed.data_shape == cached.data_shape == (8, 6, 1)
-    assert len(streamed.x_train) == len(cached.x_train) and streamed.num_classes == 3
-    batches = list(input_pipeline.train_dataset(config, input_pipeline.train_source(streamed)[0],
-                                                epoch=0).as_numpy_iterator())
-    x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-    assert x.shape == cached.x_train.shape and sorted(y) == sorted(cached.y_train)
+    # Over --cache_mb: decoded once into a temporary file, or (--nodisk_cache) from the files.
+    decoded = input_pipeline.load_splits(config.replace(cache_mb=0))
+    streamed = input_pipeline.load_splits(config.replace(cache_mb=0, disk_cache=False))
+    assert (decoded.x_train.kind, streamed.x_train.kind) == ("decoded", "folder")
+    for splits in (decoded, streamed):
+        assert splits.data_shape == cached.data_shape == (8, 6, 1)
+        assert len(splits.x_train) == len(cached.x_train) and splits.num_classes == 3
+        batches = list(input_pipeline.train_dataset(         # as read: not binarised
+            config.replace(binarize="none"), input_pipeline.train_source(splits)[0],
+            epoch=0).as_numpy_iterator())
+        x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+        assert x.shape == cached.x_train.shape and sorted(y) == sorted(cached.y_train)
+        assert _as_rows(x) == _as_rows(cached.x_train)
+
+
+def test_a_decoded_split_passes_as_its_folder_does_and_reads_its_files_no_more(tmp_path):
+    def passes(stream):
+        return [[(x, y) for x, y in stream.dataset(7, with_labels=True, **kw).as_numpy_iterator()]
+                for kw in (dict(seed=5, binarize="dynamic"), dict(seed=5, skip=3),
+                           dict(seed=2, shard=(1, 2)), dict(shuffle=False))]
+
+    before = set(os.listdir(tempfile.gettempdir()))
+    _write_folder(tmp_path / "same", per_class=12)
+    stream = data.open_stream(str(tmp_path / "same"), "train")
+    decoded = stream.decoded()
+    expected = passes(stream)
+    for f in stream.files:
+        os.remove(f)                                   # its passes read the temporary file only
+    for a, b in zip(expected, passes(decoded), strict=True):
+        assert len(a) == len(b) and all(np.array_equal(xa, xb) and np.array_equal(ya, yb)
+                                        for (xa, ya), (xb, yb) in zip(a, b))
+    assert decoded.kind == "decoded" and len(decoded) == len(stream) and decoded.unreadable() is None
+    assert decoded.pixel_bytes == len(stream) * 8 * 6 * 1 and sources.num_classes(decoded) == 3
+    # The file has no name: nothing is left behind, however the process ends.
+    assert not any(f.startswith("tfp_vae-") for f in set(os.listdir(tempfile.gettempdir())) - before)
+    # Resized images are kept as float32, as a pass computes them.
+    for size in ((8, 6, 1), (5, 9, 1)):
+        _write_folder(tmp_path / "mixed", classes=(f"{size[1]}",), per_class=5, shape=size)
+    mixed = data.open_stream(str(tmp_path / "mixed"), "train", image_size="4,4")
+    resized = mixed.decoded()
+    assert resized.pixel_bytes == len(mixed) * 16 * 4
+    np.testing.assert_array_equal(resized.arrays()[0], mixed.arrays()[0])
+    assert not set(np.unique(resized.arrays()[0] * 255)) <= set(range(256))   # not 8-bit levels
+
+
+def test_a_decoded_tfrecord_split_is_a_permutation_of_its_records(tmp_path):
+    rows = _write_records(tmp_path / "a.tfrecord", 70) + _write_records(tmp_path / "b.tfrecord", 50)
+    stream = data.open_stream(str(tmp_path / "*.tfrecord"), "train")
+    decoded = stream.decoded()
+    x, y = decoded.arrays()
+    np.testing.assert_array_equal(x, stream.arrays()[0])
+    np.testing.assert_array_equal(y, stream.arrays()[1])
+    assert sources.num_classes(decoded) == sources.num_classes(stream) == 4
+    assert decoded.pixel_bytes == len(stream) * 8 * 6 * 3 and len(stream) < len(rows)
+    epoch = [(a, b) for a, b in decoded.dataset(16, seed=3, with_labels=True).as_numpy_iterator()]
+    again = [a for a in decoded.dataset(16, seed=3).as_numpy_iterator()]
+    shuffled = np.concatenate([a for a, _ in epoch])
+    assert all(np.array_equal(a, b) for (a, _), b in zip(epoch, again))
+    assert not np.array_equal(shuffled, x) and _as_rows(shuffled) == _as_rows(x)
+    label_of = {image.tobytes(): label for image, label in zip(x, y)}     # each record's own
+    assert all(label_of[image.tobytes()] == label for a, b in epoch for image, label in zip(a, b))
+    assert decoded.limited(10).arrays()[0].shape == (10, 8, 6, 3)
+
+
+def test_a_decoded_split_names_a_bad_file_before_anything_is_trained(tmp_path):
+    from tfp_vae import train
+    from tfp_vae.config import preset
+
+    folder = _write_digits(tmp_path / "digits", 120, tf.io.encode_jpeg, "jpg")
+    bad = data.open_stream(str(folder), "train").files[40]
+    good = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(good[:len(good) // 2])             # a truncated JPEG mid-folder
+    config = preset("tiny").replace(dataset=str(folder), batch_size=16, cache_mb=0, jit=False,
+                                    figures=False, export=False, eval_iwae_k=2)
+    with pytest.raises(DataError) as raised:
+        train.train_and_evaluate(config, str(tmp_path / "run"), verbose=0)
+    message = _one_line(raised)
+    assert bad in message and "cannot be read" in message and "{{" not in message
+    assert not os.path.exists(tmp_path / "run")
 
 
 @pytest.mark.parametrize("with_validation", [False, True])
@@ -345,7 +421,7 @@ def test_streamed_run_stopped_mid_epoch_resumes_to_the_same_state(tmp_path):
     watcher.join()
     code, _, err = finish(interrupted)
     assert code == 130, err
-    assert "streamed from" in err                            # the stream, not the cache
+    assert "decoded once into a temporary file" in err        # a run's stream, not memory
     step = int(err.strip().splitlines()[-1].split(" at step ")[1].split(";")[0])
     assert 64 < step < 128                                   # mid-epoch: skip() resumes it
     code, out, err = finish(start(termed, *run))
@@ -361,7 +437,8 @@ def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resume
     stream = data.open_stream(str(folder), "train")
     steps = -(-len(stream) // 16)
     run = ["--dataset=" + str(folder), "--batch_size=16", "--limit=1000",
-           "--steps_per_execution=1", "--verbosity=0", "--cache_mb=0"]   # streamed, small as it is
+           "--steps_per_execution=1", "--verbosity=0", "--cache_mb=0",   # streamed, small as it is
+           "--nodisk_cache"]                       # decoded as read: a bad file is found mid-epoch
     bad = stream.files[len(stream) // 2]
     good = open(bad, "rb").read()
     with open(bad, "wb") as f:
@@ -371,8 +448,9 @@ def test_a_corrupt_jpeg_in_a_stream_stops_with_its_name_and_the_fixed_run_resume
     from tfp_vae import train
     from tfp_vae.config import preset
     config = preset("tiny").replace(dataset=str(folder), batch_size=16, limit=1000, epochs=2,
-                                    steps_per_execution=1, cache_mb=0, jit=False, figures=False,
-                                    export=False, eval_iwae_k=2)      # as `start(..., *run)`
+                                    steps_per_execution=1, cache_mb=0, disk_cache=False,
+                                    jit=False, figures=False, export=False,
+                                    eval_iwae_k=2)      # as `start(..., *run)`
     with pytest.raises(DataError) as raised:
         train.train_and_evaluate(config, str(tmp_path / "afresh"), verbose=0)
     message = str(raised.value)

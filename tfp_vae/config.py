@@ -95,6 +95,10 @@ class Config:
                             "many MiB as float32 images is read into memory (faster); a "
                             "larger one is streamed from its files. 0: always stream.",
                             check=NON_NEGATIVE)
+    disk_cache: bool = setting(True, "A training split over --cache_mb is decoded once into an "
+                               "unnamed temporary file (uint8; float32 if resized) when the "
+                               "temporary directory has room, and each epoch reads it from "
+                               "there; --nodisk_cache decodes its files every epoch (slower).")
     arch: str = setting("mlp", "mlp, conv (two stride-2 convolutions each way; H, W "
                         "divisible by 4) or resnet (residual stages halving H×W to 4×4 and "
                         "back; H, W of 4·2ⁿ: 8, 16, 32, 64, ...).", choices=ARCHS)

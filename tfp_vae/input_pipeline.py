@@ -8,6 +8,9 @@ end-of-run metrics and `scripts/evaluate.py` see the very same images.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -53,22 +56,38 @@ def load_split(config: Config, split: str, limit: int | None = None):
                             image_size=config.image_size, limit=limit)
 
 
+# Room the temporary directory keeps free beside a decoded split.
+_DISK_MARGIN = 2**30
+
+
 def _train_split(config: Config):
     """(x, y) of the training split: arrays, or a folder's, TFRecords' or
     prepared TFDS set's Stream (y None) when its images would take more than
-    `config.cache_mb` MiB in memory."""
+    `config.cache_mb` MiB in memory: decoded once into a temporary file
+    (`sources.Stream.decoded`) when `config.disk_cache` and there is room."""
     stream = (data.open_stream(config.dataset, "train", config.image_size)
               or data.tfds_train_stream(config.dataset, config.data_dir, config.image_size))
     if stream is None:
         return load_split(config, "train")
     stream = stream.limited(config.limit)
     size = stream.decoded_bytes / 2**20
+    what = (f"{config.dataset}: {len(stream)} training images ({size:.0f} MiB as float32 "
+            f"{'<=' if size <= config.cache_mb else '>'} --cache_mb={config.cache_mb})")
     if size <= config.cache_mb:
-        log.info("%s: %d training images (%.0f MiB as float32 <= --cache_mb=%d): read into "
-                 "memory", config.dataset, len(stream), size, config.cache_mb)
+        log.info("%s: read into memory", what)
         return stream.arrays()
-    log.info("%s: %d training images (%.0f MiB as float32 > --cache_mb=%d): streamed from %d "
-             "files", config.dataset, len(stream), size, config.cache_mb, len(stream.files))
+    if config.disk_cache:
+        free = shutil.disk_usage(tempfile.gettempdir()).free
+        if stream.pixel_bytes + _DISK_MARGIN <= free:
+            start = time.perf_counter()
+            decoded = stream.decoded()
+            log.info("%s: decoded once into a temporary file (%.0f MiB, %.1f s), streamed from "
+                     "there", what, stream.pixel_bytes / 2**20, time.perf_counter() - start)
+            return decoded, None
+        log.info("%s: %s has %.0f MiB free, not the %.0f MiB of the decoded images and 1 GiB "
+                 "to spare", what, tempfile.gettempdir(), free / 2**20,
+                 stream.pixel_bytes / 2**20)
+    log.info("%s: streamed from %d files", what, len(stream.files))
     return stream, None
 
 

@@ -5,8 +5,10 @@ A :class:`Stream` is one split of such a source: its index (the image files,
 or the TFRecord files), the shape every image is decoded to, and the number
 of examples. It builds tf.data passes over the split whose order and dynamic
 binarisation draws are a fixed function of a seed, so a resumed run rebuilds
-an epoch exactly; or it reads the split whole into memory. Only the index is
-ever held in memory, never the decoded images of a streamed pass.
+an epoch exactly; or it reads the split whole into memory; or it decodes the
+split once into a temporary file (`Stream.decoded`) whose passes read their
+images from there by row. Only the index is ever held in memory, never the
+decoded images of a streamed pass.
 
 Every user-facing problem raises :class:`DataError` with a one-line message.
 This module never reads flags.
@@ -19,6 +21,8 @@ import functools
 import glob
 import os
 import re
+import tempfile
+import typing
 
 import numpy as np
 import tensorflow as tf
@@ -73,21 +77,25 @@ class Stream:
     """One split of a folder or TFRecord source, indexed but not read."""
 
     source: str                      # the --dataset it came from
-    kind: str                        # "folder" or "tfrecord"
-    files: tuple[str, ...]           # image files (folder) or TFRecord files
-    labels: np.ndarray | None        # folder: int64 [N] class of each file; None: no labels
+    kind: str                        # "folder", "tfrecord" or "decoded" (`decoded()`)
+    files: tuple[str, ...]           # image files (folder) or TFRecord files (decoded: its source's)
+    labels: np.ndarray | None        # folder, decoded: int64 [N] of each image; None: no labels
     buckets: tuple[int, ...] | None  # tfrecord: keep records whose key hashes here; None: all
     has_labels: bool
     image_shape: tuple[int, int, int]  # (H, W, C) every image is decoded to
     resize: bool                     # --image_size given: resize instead of checking sizes
     classes: int | None              # folder: class sub-folders; tfrecord: None (counted)
     limit: int | None = None         # tfrecord: only the first `limit` records, in file order
+    pixels: typing.Any = None        # decoded: the open temporary file, image i its i-th row
+    count: int | None = None         # decoded: its images
 
     # -- the index -----------------------------------------------------------------------
 
     def __len__(self) -> int:
         if self.kind == "folder":
             return len(self.files)
+        if self.kind == "decoded":
+            return self.count
         n = _count_and_classes(self.files, self.buckets, self.has_labels)[0]
         return n if self.limit is None else min(n, self.limit)
 
@@ -101,13 +109,52 @@ class Stream:
         """Bytes of the whole split as float32 images."""
         return len(self) * int(np.prod(self.image_shape)) * 4
 
+    @property
+    def _pixel_dtype(self) -> np.dtype:
+        """How `decoded()` stores a pixel: the 8-bit value, or a resized image's float32."""
+        return np.dtype(np.float32 if self.resize else np.uint8)
+
+    @property
+    def pixel_bytes(self) -> int:
+        """Bytes of the file `decoded()` writes."""
+        return len(self) * int(np.prod(self.image_shape)) * self._pixel_dtype.itemsize
+
     def limited(self, limit: int | None) -> "Stream":
         """The first `limit` examples of the split (index order), or all for None."""
         if limit is None:
             return self
         if self.kind == "folder":
             return dataclasses.replace(self, files=self.files[:limit], labels=self.labels[:limit])
+        if self.kind == "decoded":
+            return dataclasses.replace(self, count=min(self.count, limit), labels=None
+                                       if self.labels is None else self.labels[:limit])
         return dataclasses.replace(self, limit=limit if self.limit is None else min(limit, self.limit))
+
+    def decoded(self) -> "Stream":
+        """The split decoded once, in index order, into an unnamed temporary file
+        (`tempfile.TemporaryFile`: gone when the process ends, however it ends),
+        as a Stream whose passes read each image from there by its row.
+
+        Its passes are those of a folder of the same images: the same order
+        and the same draws for a seed (a TFRecord split's are then a
+        permutation of all its records, not a shuffle buffer's), without
+        decoding. The pixels are stored as read, uint8 (float32 when
+        resized), `pixel_bytes` in all. Raises DataError naming the first
+        file that cannot be read, before anything is trained.
+        """
+        pixels = tempfile.TemporaryFile(prefix="tfp_vae-", suffix=".pixels")
+        labels = []
+        try:
+            for x, y in self._passes_in_order():
+                (x if self.resize else np.round(x * 255)).astype(self._pixel_dtype).tofile(pixels)
+                labels.append(y)
+            pixels.flush()
+        except BaseException:
+            pixels.close()
+            raise
+        return dataclasses.replace(
+            self, kind="decoded", pixels=pixels, count=len(self), limit=None, classes=num_classes(self),
+            labels=np.concatenate(labels).astype(np.int64) if self.has_labels else None)
 
     # -- passes ----------------------------------------------------------------------------
 
@@ -142,15 +189,18 @@ class Stream:
         rng = np.random.default_rng(int(seed) % 2**63)
         # A limit keeps the first records in file order: the files are then not permuted.
         permute = shuffle and self.limit is None
-        order = rng.permutation(len(self.files)) if permute else np.arange(len(self.files))
+        # What is permuted: the images of a folder or decoded split, the files of TFRecords.
+        units = len(self) if self.kind == "decoded" else len(self.files)
+        order = rng.permutation(units) if permute else np.arange(units)
         shard_index, shards = (int(s) for s in shard)
         if not 0 <= shard_index < shards:
             raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
-        if self.kind == "folder":
+        if self.kind in ("folder", "decoded"):
             ds = tf.data.Dataset.from_tensor_slices(order)
             if shards > 1:      # before the files are read
                 ds = _sharded(ds, len(self), batch_size, shard_index, shards)
-            ds = self._folder_records(ds)
+            if self.kind == "folder":
+                ds = self._folder_records(ds)     # a decoded split's records are its rows
         else:
             ds = self._tfrecord_records(order)
             if self.limit is not None:
@@ -193,13 +243,19 @@ class Stream:
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The split read whole, in index order: (x float32 ``[N, H, W, C]`` in
         ``[0, 1]``, y int64 ``[N]`` or None)."""
-        ds = self.dataset(256, shuffle=False, with_labels=self.has_labels)
-        try:
-            parts = [b if self.has_labels else (b, None) for b in ds.as_numpy_iterator()]
-        except tf.errors.OpError as e:
-            raise self._read_error(e) from None
+        parts = list(self._passes_in_order())
         x = np.concatenate([p[0] for p in parts])
         return x, (np.concatenate([p[1] for p in parts]) if self.has_labels else None)
+
+    def _passes_in_order(self):
+        """The split's batches in index order, (x, y or None) numpy, unshuffled
+        and not binarised; a file that cannot be read raises its DataError."""
+        ds = self.dataset(256, shuffle=False, with_labels=self.has_labels)
+        try:
+            for b in ds.as_numpy_iterator():
+                yield b if self.has_labels else (b, None)
+        except tf.errors.OpError as e:
+            raise self._read_error(e) from None
 
     # -- the pieces of a pass --------------------------------------------------------------
 
@@ -210,6 +266,20 @@ class Stream:
         return order.map(
             lambda i: (tf.io.read_file(files[i]), labels[i]),
             num_parallel_calls=4 * _PARALLEL, deterministic=True)
+
+    def _read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded images at `rows` of the temporary file, `[B, H, W, C]`,
+        and their labels (zeros without them): one positioned read per
+        image, into one buffer (memory-mapping the file would count every
+        page read in the process's resident memory)."""
+        size = int(np.prod(self.image_shape)) * self._pixel_dtype.itemsize
+        buffer = bytearray(len(rows) * size)
+        view, fd = memoryview(buffer), self.pixels.fileno()
+        for j, row in enumerate(rows.tolist()):
+            if os.preadv(fd, [view[j * size:(j + 1) * size]], row * size) != size:
+                raise OSError(f"the decoded images' temporary file ends before row {row}")
+        images = np.frombuffer(buffer, self._pixel_dtype).reshape((len(rows),) + self.image_shape)
+        return images, (self.labels[rows] if self.has_labels else np.zeros(len(rows), np.int64))
 
     def _tfrecord_records(self, order: np.ndarray) -> tf.data.Dataset:
         """The serialized records of the files in `order` (4 files interleaved),
@@ -236,11 +306,17 @@ class Stream:
         """Images float32 ``[B, H, W, C]`` in [0, 1] and labels int64 ``[B]`` of a
         batch of records: (encoded image, label) pairs of a folder, or
         serialized tf.train.Examples."""
+        h, w, c = self.image_shape
+        if self.kind == "decoded":         # records: a batch of rows
+            images, labels = tf.numpy_function(self._read_rows, [records],
+                                               (self._pixel_dtype, tf.int64), stateful=False)
+            labels = tf.ensure_shape(labels, (None,))
+            images = tf.cast(tf.ensure_shape(images, (None, h, w, c)), tf.float32)
+            return (images if self.resize else images / 255.0), labels
         if self.kind == "folder":
             encoded, labels = records
         else:
             encoded, labels = _parse(records, self.has_labels)
-        h, w, c = self.image_shape
         dtype = tf.float32 if self.resize else tf.uint8
 
         def one(encoded):
@@ -274,7 +350,10 @@ class Stream:
 
     def unreadable(self) -> DataError | None:
         """A one-line DataError naming the split's first file that cannot be
-        decoded or (without --image_size) has another size; None if all read."""
+        decoded or (without --image_size) has another size; None if all read
+        (always for a decoded split: its files were read when it was made)."""
+        if self.kind == "decoded":
+            return None
         h, w, _ = self.image_shape
         for path in self._suspects():
             try:
@@ -537,7 +616,8 @@ def _count_and_classes(files: tuple[str, ...], buckets, has_labels: bool) -> tup
 
 
 def num_classes(stream: Stream) -> int | None:
-    """Label classes of the split: class sub-folders, or 1 + a TFRecord split's largest label."""
-    if stream.kind == "folder":
+    """Label classes of the split: class sub-folders, or 1 + a TFRecord split's
+    largest label (a decoded split: its source's)."""
+    if stream.kind != "tfrecord":
         return stream.classes
     return _count_and_classes(stream.files, stream.buckets, stream.has_labels)[1]

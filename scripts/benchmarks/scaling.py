@@ -1,5 +1,7 @@
 """Memory and speed against the data set's size: the standard model trained
-from a TFRecord stream of N 28x28 images, and from the in-memory path.
+from a TFRecord stream of N 28x28 images, decoded once into a temporary file
+(what a run does by default) or decoded every epoch (--nodisk_cache), and
+from the in-memory path.
 
 The records are the 4,000 `mnist_5k` training digits, each PNG-encoded once
 and written again and again (with their labels) until there are N: images as
@@ -46,22 +48,34 @@ def write_shards(directory: str, n: int) -> str:
     return os.path.join(directory, "*.tfrecord")
 
 
-def probe(path: str, n: int, steps: int, warmup: int) -> dict:
+SOURCES = ("decoded", "files", "memory")    # the probes' sources, as the table names them
+
+
+def probe(source: str, path: str, n: int, steps: int, warmup: int) -> dict:
     """In a fresh process: `steps` training steps of the standard model (after
-    `warmup` untimed ones) from the stream of the TFRecords at `path` or, for
-    path "memory", from n in-memory images; examples/s, the process's CPU
-    time per example over the timed steps (every thread's: the training
-    step's and the input pipeline's, microseconds) and peak RSS (MiB)."""
+    `warmup` untimed ones) from n images: the stream of the TFRecords at
+    `path` decoded once into a temporary file (source "decoded") or decoded
+    as read (source "files"), or images in memory (source "memory", `path`
+    unused); examples/s, the process's CPU time per example over the timed
+    steps (every thread's: the training step's and the input pipeline's,
+    microseconds) and peak RSS (MiB)."""
     impl = ours.TfpVae(training_arrays()[:128])
     config = impl.config
-    if path == "memory":      # as train.train keeps it: one tensor for every epoch's pass
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    prepared = {}
+    if source == "memory":      # as train.train keeps it: one tensor for every epoch's pass
         x = training_arrays()
-        source = tf.constant(np.concatenate([x] * -(-n // len(x)))[:n])
+        images = tf.constant(np.concatenate([x] * -(-n // len(x)))[:n])
     else:       # indexed as train.train indexes it: one pass counts the records
         start = time.perf_counter()
-        source = data.open_stream(path, "train")
-        assert len(source) == n, (len(source), n)
-        indexed = time.perf_counter() - start
+        images = data.open_stream(path, "train")
+        assert len(images) == n, (len(images), n)
+        prepared["index_seconds"] = round(time.perf_counter() - start, 2)
+        if source == "decoded":
+            start = time.perf_counter()
+            images = images.decoded()
+            prepared["decode_seconds"] = round(time.perf_counter() - start, 2)
     per_epoch = -(-n // config.batch_size)
     epoch = [0]
 
@@ -69,7 +83,7 @@ def probe(path: str, n: int, steps: int, warmup: int) -> dict:
         done = 0
         while done < total:
             take = min(total - done, per_epoch)
-            ds = input_pipeline.train_dataset(config, source, epoch[0]).take(take)
+            ds = input_pipeline.train_dataset(config, images, epoch[0]).take(take)
             impl.model.fit(ds, initial_epoch=epoch[0], epochs=epoch[0] + 1, verbose=0,
                            shuffle=False)
             epoch[0] += 1
@@ -80,11 +94,10 @@ def probe(path: str, n: int, steps: int, warmup: int) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
     examples = train(steps)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"path": "memory" if path == "memory" else "stream", "images": n,
+    return {"path": source, "images": n,
             "train_examples_per_sec": examples / seconds, "steps": steps,
             "cpu_us_per_example": 1e6 * cpu / examples,
-            "peak_rss_mb": memory.peak_rss_mb(),
-            **({} if path == "memory" else {"index_seconds": round(indexed, 2)})}
+            "peak_rss_mb": memory.peak_rss_mb(), **prepared}
 
 
 def resume_probe(path: str, n: int, batch: int, directory: str) -> dict:
@@ -139,33 +152,39 @@ def measure(script: str, sizes: list[int], steps: int, warmup: int, directory: s
         start = time.perf_counter()
         pattern = write_shards(os.path.join(directory, f"n{n}"), n)
         written = time.perf_counter() - start
-        row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:{pattern}:{n}"]])
-        rows.append({**row, "write_seconds": round(written, 1)})
+        for source in ("decoded", "files"):
+            row, = memory.run_probes(script, [extra_flags + [
+                f"--probe=scaling:{source}:{pattern}:{n}"]])
+            rows.append({**row, "write_seconds": round(written, 1)})
         resumes.append(*memory.run_probes(script, [extra_flags + [
             f"--probe=resume:{pattern}:{n}"]]))
     for n in memory_sizes:
-        row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:memory:{n}"]])
+        row, = memory.run_probes(script, [extra_flags + [f"--probe=scaling:memory:-:{n}"]])
         rows.append(row)
-    stream = {r["images"]: r for r in rows if r["path"] == "stream"}
-    in_memory = {r["images"]: r for r in rows if r["path"] == "memory"}
+    by = {source: {r["images"]: r for r in rows if r["path"] == source} for source in SOURCES}
     ratios = {}
-    if len(stream) > 1:
-        small, large = min(stream), max(stream)
-        ratios[f"stream_rss_{large}_over_{small}"] = (stream[large]["peak_rss_mb"]
-                                                      / stream[small]["peak_rss_mb"])
-    for n in sorted(set(stream) & set(in_memory)):
-        ratios[f"stream_over_memory_speed_{n}"] = (stream[n]["train_examples_per_sec"]
-                                                   / in_memory[n]["train_examples_per_sec"])
+    for source in ("decoded", "files"):
+        stream = by[source]
+        if len(stream) > 1:
+            small, large = min(stream), max(stream)
+            ratios[f"{source}_rss_{large}_over_{small}"] = (stream[large]["peak_rss_mb"]
+                                                            / stream[small]["peak_rss_mb"])
+        for n in sorted(set(stream) & set(by["memory"])):
+            ratios[f"{source}_over_memory_speed_{n}"] = (
+                stream[n]["train_examples_per_sec"] / by["memory"][n]["train_examples_per_sec"])
     return {"rows": rows, "resume": resumes, "ratios": ratios, "steps": steps,
             "warmup_steps": warmup, "table": table(rows) + "\n\n" + resume_table(resumes)}
 
 
 def table(rows: list[dict]) -> str:
     """The rows as the README's Markdown table."""
+    names = {"decoded": "TFRecord stream, decoded once to a temporary file",
+             "files": "TFRecord stream, decoded every epoch (--nodisk_cache)",
+             "memory": "in memory"}
     lines = ["| source | images | peak RSS (MiB) | training examples/s | CPU-us an example |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['path']} | {r['images']:,} | {r['peak_rss_mb']:.0f} | "
+        lines.append(f"| {names[r['path']]} | {r['images']:,} | {r['peak_rss_mb']:.0f} | "
                      f"{r['train_examples_per_sec']:,.0f} | {r['cpu_us_per_example']:.0f} |")
     return "\n".join(lines)
 
