@@ -93,7 +93,7 @@ class Config:
                                                  "must be H,W: two positive integers, e.g. 64,64"))
     cache_mb: int = setting(512, "A folder's or TFRecords' training split of at most this "
                             "many MiB as float32 images is read into memory (faster); a "
-                            "larger one is streamed from its files. 0: always stream.",
+                            "larger one is streamed (see --disk_cache). 0: always stream.",
                             check=NON_NEGATIVE)
     disk_cache: bool = setting(True, "A training split over --cache_mb is decoded once into an "
                                "unnamed temporary file (uint8; float32 if resized) when the "

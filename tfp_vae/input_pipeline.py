@@ -170,7 +170,8 @@ def train_dataset(config: Config, x, epoch: int, y=None, *, skip: int = 0,
     `skip` on: order and binarisation draws are a fixed function of (seed,
     epoch), so a resumed run rebuilds them exactly. In memory, the epoch is
     computed up front (`data.epoch_dataset`): cheap to build anew; a Stream
-    decodes its files as the epoch is read (`sources.Stream.dataset`).
+    reads its images as the epoch is read (`sources.Stream.dataset`), from
+    the temporary file it was decoded into or from its files.
 
     Under a MultiWorkerMirroredStrategy a Stream is read as one shard per
     worker (`tf.distribute.DistributedDataset`): each worker decodes only
