@@ -121,7 +121,8 @@ def test_the_latent_scale_bounds_reach_every_gaussian_over_z():
     model = factory.build_model(config, (28, 28, 1))
     gaussians = [layer for layer in model._flatten_layers()
                  if isinstance(layer, layers.GaussianEncoder)]
-    assert len(gaussians) == 3          # q(z₂|x), which the VampPrior reads too; q(z₁|x, z₂); p(z₁|z₂)
+    # q(z₂|x), which the VampPrior reads too; q(z₁|x, z₂); p(z₁|z₂).
+    assert len(gaussians) == 3
     assert {(g.min_scale, g.max_scale) for g in gaussians} == {(0.05, 0.3)}
     x = tf.random.stateless_uniform([5, 28, 28, 1], seed=(1, 2))
     scale = model.encode(x).stddev().numpy()

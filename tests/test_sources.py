@@ -324,10 +324,12 @@ def test_a_decoded_split_passes_as_its_folder_does_and_reads_its_files_no_more(t
     for a, b in zip(expected, passes(decoded), strict=True):
         assert len(a) == len(b) and all(np.array_equal(xa, xb) and np.array_equal(ya, yb)
                                         for (xa, ya), (xb, yb) in zip(a, b))
-    assert decoded.kind == "decoded" and len(decoded) == len(stream) and decoded.unreadable() is None
+    assert decoded.kind == "decoded" and len(decoded) == len(stream)
+    assert decoded.unreadable() is None
     assert decoded.pixel_bytes == len(stream) * 8 * 6 * 1 and sources.num_classes(decoded) == 3
     # The file has no name: nothing is left behind, however the process ends.
-    assert not any(f.startswith("tfp_vae-") for f in set(os.listdir(tempfile.gettempdir())) - before)
+    left = set(os.listdir(tempfile.gettempdir())) - before
+    assert not any(f.startswith("tfp_vae-") for f in left)
     # Resized images are kept as float32, as a pass computes them.
     for size in ((8, 6, 1), (5, 9, 1)):
         _write_folder(tmp_path / "mixed", classes=(f"{size[1]}",), per_class=5, shape=size)

@@ -74,11 +74,12 @@ def is_stream_source(name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Stream:
-    """One split of a folder or TFRecord source, indexed but not read."""
+    """One split of a folder or TFRecord source, indexed but not read; or
+    (`decoded()`) that split decoded into a temporary file."""
 
     source: str                      # the --dataset it came from
     kind: str                        # "folder", "tfrecord" or "decoded" (`decoded()`)
-    files: tuple[str, ...]           # image files (folder) or TFRecord files (decoded: its source's)
+    files: tuple[str, ...]           # image files (folder) or TFRecord files (decoded: the source's)
     labels: np.ndarray | None        # folder, decoded: int64 [N] of each image; None: no labels
     buckets: tuple[int, ...] | None  # tfrecord: keep records whose key hashes here; None: all
     has_labels: bool
@@ -153,7 +154,8 @@ class Stream:
             pixels.close()
             raise
         return dataclasses.replace(
-            self, kind="decoded", pixels=pixels, count=len(self), limit=None, classes=num_classes(self),
+            self, kind="decoded", pixels=pixels, count=len(self), limit=None,
+            classes=num_classes(self),
             labels=np.concatenate(labels).astype(np.int64) if self.has_labels else None)
 
     # -- passes ----------------------------------------------------------------------------
@@ -175,7 +177,8 @@ class Stream:
         its own binarisation noise.
 
         The order (a permutation of the files, then for TFRecords a shuffle
-        buffer of :data:`SHUFFLE_BUFFER` records) and the dynamic binarisation
+        buffer of :data:`SHUFFLE_BUFFER` records; of the rows of a decoded
+        split) and the dynamic binarisation
         draws (keyed by (seed, batch index)) are a fixed function of `seed`:
         every iterator of this dataset, and every dataset built with the same
         seed, repeats the same pass, and `skip` = k resumes it at batch k (the
@@ -304,8 +307,8 @@ class Stream:
 
     def _decode_batch(self, records, batch_size: int):
         """Images float32 ``[B, H, W, C]`` in [0, 1] and labels int64 ``[B]`` of a
-        batch of records: (encoded image, label) pairs of a folder, or
-        serialized tf.train.Examples."""
+        batch of records: (encoded image, label) pairs of a folder,
+        serialized tf.train.Examples, or the rows of a decoded split."""
         h, w, c = self.image_shape
         if self.kind == "decoded":         # records: a batch of rows
             images, labels = tf.numpy_function(self._read_rows, [records],
