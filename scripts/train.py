@@ -32,16 +32,23 @@ def main(argv):
         metrics = baselines.train_baseline(config, workdir, verbose=2)
         print(f"{config.model} (k = {config.latent_dim}): test reconstruction error "
               f"{metrics['reconstruction_squared_error']:.2f} (sum of squares per image); "
-              f"artifacts in {workdir}/: config.json figures/ metrics.json")
+              f"{_artifacts(workdir, 'config.json figures/ metrics.json')}")
         return 0
     metrics = train.train_and_evaluate(config, workdir)
     k = config.eval_iwae_k
     print(f"test ELBO {metrics['elbo']:.2f} nats (reconstruction {metrics['reconstruction']:.2f}, "
           f"KL {metrics['kl']:.2f}); IWAE-{k} log-likelihood estimate "
           f"{metrics[f'iwae_{k}']:.2f} nats, on {metrics['num_examples']} test images")
-    print(f"artifacts in {workdir}/: config.json checkpoints/ tensorboard/ figures/ "
-          "saved_model/ serving/ model.weights.h5 metrics.json")
+    print(_artifacts(workdir, "config.json checkpoints/ tensorboard/ figures/ saved_model/ "
+                              "serving/ model.weights.h5 metrics.json"))
     return 0
+
+
+def _artifacts(workdir: str, names: str) -> str:
+    """"artifacts in workdir/: ..." with those of `names` the run has written
+    (--nofigures, --noexport write fewer)."""
+    there = [name for name in names.split() if os.path.exists(os.path.join(workdir, name))]
+    return f"artifacts in {workdir}/: {' '.join(there)}"
 
 
 if __name__ == "__main__":

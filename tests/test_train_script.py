@@ -83,6 +83,8 @@ def test_one_epoch_leaves_every_artifact(runs):
     _ok(runs["first"])
     a = runs["a"]
     assert "test ELBO" in runs["first"]["stdout"]
+    assert (f"artifacts in {a}/: config.json checkpoints/ tensorboard/ figures/ saved_model/ "
+            "serving/ model.weights.h5 metrics.json") in runs["first"]["stdout"]  # each there
     assert config_lib.Config.from_dict(runs["first_config"]) == config_lib.preset("tiny")
     assert glob.glob(os.path.join(a, "checkpoints", "ckpt-*.index"))
     assert glob.glob(os.path.join(a, "tensorboard", "events.out.tfevents.*"))
