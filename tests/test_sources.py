@@ -308,6 +308,29 @@ def test_large_splits_stream_small_ones_are_cached(tmp_path):
         assert _as_rows(x) == _as_rows(cached.x_train)
 
 
+def test_without_room_or_leave_to_write_the_decoded_split_streams_from_its_files(
+        tmp_path, monkeypatch, caplog):
+    import shutil as shutil_lib
+
+    _write_folder(tmp_path / "images", per_class=10)
+    config = Config(dataset=str(tmp_path / "images"), cache_mb=0)
+    usage = shutil_lib.disk_usage(tempfile.gettempdir())
+    with caplog.at_level("INFO", logger="tfp_vae"):
+        monkeypatch.setattr(shutil_lib, "disk_usage", lambda path: usage._replace(free=2**29))
+        assert input_pipeline.load_splits(config).x_train.kind == "folder"
+        assert "MiB free, not the 0 MiB of the decoded images and 1 GiB to spare" in caplog.text
+        monkeypatch.undo()
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", full)
+        assert input_pipeline.load_splits(config).x_train.kind == "folder"
+        assert "cannot write the decoded images to" in caplog.text
+        assert "(No space left on device); streamed from its files instead" in caplog.text
+        assert "streamed from 24 files" in caplog.text     # of 30: the others validate and test
+
+
 def test_a_decoded_split_passes_as_its_folder_does_and_reads_its_files_no_more(tmp_path):
     def passes(stream):
         return [[(x, y) for x, y in stream.dataset(7, with_labels=True, **kw).as_numpy_iterator()]

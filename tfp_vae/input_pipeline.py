@@ -77,16 +77,22 @@ def _train_split(config: Config):
         log.info("%s: read into memory", what)
         return stream.arrays()
     if config.disk_cache:
-        free = shutil.disk_usage(tempfile.gettempdir()).free
-        if stream.pixel_bytes + _DISK_MARGIN <= free:
-            start = time.perf_counter()
-            decoded = stream.decoded()
-            log.info("%s: decoded once into a temporary file (%.0f MiB, %.1f s), streamed from "
-                     "there", what, stream.pixel_bytes / 2**20, time.perf_counter() - start)
-            return decoded, None
-        log.info("%s: %s has %.0f MiB free, not the %.0f MiB of the decoded images and 1 GiB "
-                 "to spare", what, tempfile.gettempdir(), free / 2**20,
-                 stream.pixel_bytes / 2**20)
+        where = tempfile.gettempdir()
+        try:
+            free = shutil.disk_usage(where).free
+            if stream.pixel_bytes + _DISK_MARGIN > free:
+                log.info("%s: %s has %.0f MiB free, not the %.0f MiB of the decoded images and "
+                         "1 GiB to spare", what, where, free / 2**20, stream.pixel_bytes / 2**20)
+            else:
+                start = time.perf_counter()
+                decoded = stream.decoded()
+                log.info("%s: decoded once into a temporary file (%.0f MiB, %.1f s), streamed "
+                         "from there", what, stream.pixel_bytes / 2**20,
+                         time.perf_counter() - start)
+                return decoded, None
+        except OSError as e:    # no leave to write there, or the disk filled: the files remain
+            log.warning("%s: cannot write the decoded images to %s (%s); streamed from its "
+                        "files instead", config.dataset, where, e.strerror or e)
     log.info("%s: streamed from %d files", what, len(stream.files))
     return stream, None
 
