@@ -142,6 +142,10 @@ class Stream:
         decoding. The pixels are stored as read, uint8 (float32 when
         resized), `pixel_bytes` in all. Raises DataError naming the first
         file that cannot be read, before anything is trained.
+
+        Not `tf.data.Dataset.cache(filename)` or `snapshot`: they read their
+        files back in order only, so an epoch's permutation would need a
+        shuffle buffer of decoded images again; rows read by index need none.
         """
         pixels = tempfile.TemporaryFile(prefix="tfp_vae-", suffix=".pixels")
         labels = []
