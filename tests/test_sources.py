@@ -331,6 +331,28 @@ def test_without_room_or_leave_to_write_the_decoded_split_streams_from_its_files
         assert "streamed from 24 files" in caplog.text     # of 30: the others validate and test
 
 
+def test_a_streamed_training_split_gives_its_codes_without_being_read_whole(tmp_path, monkeypatch):
+    from tfp_vae import evaluate, factory
+
+    _write_folder(tmp_path, per_class=500)      # ~1,200 for training: two batches of codes
+    config = Config(dataset=str(tmp_path), binarize="none", cache_mb=0, latent_dim=3,
+                    hidden_units=(8,), conditional=True)
+    whole = data.load_arrays(str(tmp_path), "train")
+    model = factory.build_vae(config, (8, 6, 1), num_classes=3)
+    expected = evaluate.latent_means(model, (whole[0], whole[1]))
+    read_whole = input_pipeline.load_split
+
+    def refuse_train(config, split, limit=None):
+        assert split != "train", "the streamed training split was read whole"
+        return read_whole(config, split, limit)
+
+    monkeypatch.setattr(input_pipeline, "load_split", refuse_train)
+    codes, labels = evaluate.split_codes(model, config, "train")
+    np.testing.assert_array_equal(labels, whole[1])
+    np.testing.assert_array_equal(codes, expected)
+    assert len(codes) > 1000 and evaluate.split_codes(model, config, "test")[0].shape[1] == 3
+
+
 def test_a_decoded_split_passes_as_its_folder_does_and_reads_its_files_no_more(tmp_path):
     def passes(stream):
         return [[(x, y) for x, y in stream.dataset(7, with_labels=True, **kw).as_numpy_iterator()]

@@ -205,8 +205,25 @@ def _bpd_terms(config: Config, terms: dict, k: int, data_shape) -> dict:
 
 def latent_means(vae, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """E_q(z|x)[z] for every example of x `[N, *data]`: `[N, K]`."""
-    fn = tf.function(_as_model(vae, chunk_size=1).encode_mean, autograph=False)
-    return np.concatenate([fn(xb).numpy() for xb, _ in _batches(x, batch_size, 0)])
+    return _latent_means(tf.function(_as_model(vae, chunk_size=1).encode_mean, autograph=False),
+                         x, batch_size)
+
+
+def _latent_means(encode_mean, x, batch_size: int) -> np.ndarray:
+    return np.concatenate([encode_mean(xb).numpy() for xb, _ in _batches(x, batch_size, 0)])
+
+
+def split_codes(model, config: Config, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(E_q(z|x)[z] `[N, K]` of `split`'s images as the run evaluates them,
+    their labels `[N]` or None), read a batch at a time
+    (`input_pipeline.evaluation_batches`): a streamed training split is never
+    held whole, only its codes."""
+    encode_mean = tf.function(_as_model(model, chunk_size=1).encode_mean, autograph=False)
+    codes, labels = [], []
+    for x, y in input_pipeline.evaluation_batches(config, split):
+        codes.append(_latent_means(encode_mean, _inputs(model, x, y), 500))
+        labels.append(y)
+    return np.concatenate(codes), None if labels[0] is None else np.concatenate(labels)
 
 
 def active_units(vae, x: np.ndarray, threshold: float = 0.01,
@@ -402,13 +419,11 @@ def _evaluate(model, config: Config, *, k: int, split: str, batch_size: int, see
     out.update(active_units=count, latent_dim=int(len(variances)),
                active_unit_variances=[float(v) for v in variances])
     if probe and y is not None:
-        x_train, y_train = input_pipeline.load_split(config, "train")
+        codes, y_train = split_codes(model, config, "train")
         if y_train is not None:
             # The probe learns from the training split, the run's `limit` applied. For a
             # conditional model it measures how much of the label z still carries.
-            out["linear_probe_accuracy"] = linear_probe(
-                model, _inputs(model, input_pipeline.evaluation_arrays(config, x_train), y_train),
-                y_train, xb, y)
+            out["linear_probe_accuracy"] = probe_accuracy(codes, y_train, means, y)
     if logdir is not None:
         # A HierarchicalVAE's encode is q(z2|x), its top layer (named as at a run's end).
         summaries.write_evaluation(logdir, out, {"z2_mean" if config.model == "hvae"

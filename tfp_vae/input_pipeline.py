@@ -23,6 +23,7 @@ from tfp_vae.errors import ConfigError, DataError
 log = logging.getLogger("tfp_vae")
 
 __all__ = ["Splits", "check_split", "epoch_seed", "eval_dataset", "evaluation_arrays",
+           "evaluation_batches",
            "load_split", "load_splits", "train_dataset", "train_source"]
 
 class Splits(NamedTuple):
@@ -60,22 +61,31 @@ def load_split(config: Config, split: str, limit: int | None = None):
 _DISK_MARGIN = 2**30
 
 
-def _train_split(config: Config):
-    """(x, y) of the training split: arrays, or a folder's, TFRecords' or
-    prepared TFDS set's Stream (y None) when its images would take more than
-    `config.cache_mb` MiB in memory: decoded once into a temporary file
-    (`sources.Stream.decoded`) when `config.disk_cache` and there is room."""
+def _train_stream(config: Config) -> tuple[sources.Stream | None, str]:
+    """The training split's Stream (cut to `config.limit`) when it is a folder's,
+    TFRecords' or prepared TFDS set's whose images would take more than
+    `config.cache_mb` MiB in memory, else None; and what the log says of it."""
     stream = (data.open_stream(config.dataset, "train", config.image_size)
               or data.tfds_train_stream(config.dataset, config.data_dir, config.image_size))
     if stream is None:
-        return load_split(config, "train")
+        return None, ""
     stream = stream.limited(config.limit)
     size = stream.decoded_bytes / 2**20
     what = (f"{config.dataset}: {len(stream)} training images ({size:.0f} MiB as float32 "
             f"{'<=' if size <= config.cache_mb else '>'} --cache_mb={config.cache_mb})")
     if size <= config.cache_mb:
         log.info("%s: read into memory", what)
-        return stream.arrays()
+        return None, what
+    return stream, what
+
+
+def _train_split(config: Config):
+    """(x, y) of the training split: arrays, or (`_train_stream`) a Stream (y
+    None): decoded once into a temporary file (`sources.Stream.decoded`)
+    when `config.disk_cache` and there is room."""
+    stream, what = _train_stream(config)
+    if stream is None:
+        return load_split(config, "train")
     if config.disk_cache:
         where = tempfile.gettempdir()
         try:
@@ -225,6 +235,27 @@ def evaluation_arrays(config: Config, x: np.ndarray) -> np.ndarray:
     ds = data.make_dataset(x, None, 1000, binarize=config.binarize, shuffle=False,
                            seed=epoch_seed(config.seed, _EVALUATION_EPOCH))
     return np.concatenate(list(ds.as_numpy_iterator()))
+
+
+def evaluation_batches(config: Config, split: str, batch_size: int = 1000):
+    """`split`'s images as the run's evaluations see them, in order, as numpy
+    batches (x `[b, H, W, C]`, y `[b]` or None): `evaluation_arrays` of the
+    split read whole; a training split too large for `--cache_mb` read from
+    its files as a stream instead, never whole (its one fixed draw then keyed
+    by the evaluation seed batch by batch, `sources.Stream.dataset`).
+
+    For what needs every training image once (a linear probe's or a post-hoc
+    sampler's codes) without holding them all.
+    """
+    stream = _train_stream(config)[0] if split == "train" else None
+    if stream is not None:
+        yield from stream.batches_in_order(batch_size, binarize=config.binarize,
+                                           seed=epoch_seed(config.seed, _EVALUATION_EPOCH))
+        return
+    x, y = load_split(config, split)
+    x = evaluation_arrays(config, x)
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], None if y is None else y[start:start + batch_size]
 
 
 def eval_dataset(config: Config, x: np.ndarray, y=None,

@@ -37,7 +37,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from threadpoolctl import threadpool_limits     # installed with scikit-learn
 
-from tfp_vae import (evaluate, export, files, input_pipeline, plots, workdir as workdir_lib)
+from tfp_vae import (evaluate, export, files, plots, workdir as workdir_lib)
 from tfp_vae.errors import ConfigError, EvaluationError
 
 tfd = tfp.distributions
@@ -331,14 +331,11 @@ def posthoc_dir(workdir: str) -> str:
 
 def _codes(vae, config, split: str):
     """(posterior means `[N, K]` of `split`'s images, binarised as the run
-    evaluates them; their labels `[N]` or None)."""
-    x, y = input_pipeline.load_split(config, split)
-    xb = input_pipeline.evaluation_arrays(config, x)
-    if evaluate.is_conditional(vae):
-        if y is None:
-            raise EvaluationError(f"a conditional model needs labels; the {split} split has none")
-        return evaluate.latent_means(vae, (xb, y.astype(np.int32))), y
-    return evaluate.latent_means(vae, xb), y
+    evaluates them; their labels `[N]` or None): `evaluate.split_codes`."""
+    try:
+        return evaluate.split_codes(vae, config, split)
+    except EvaluationError as e:     # a conditional model on a split without labels
+        raise EvaluationError(f"{e} ({split} split)") from None
 
 
 def _decoded(vae, z) -> np.ndarray:

@@ -150,7 +150,7 @@ class Stream:
         pixels = tempfile.TemporaryFile(prefix="tfp_vae-", suffix=".pixels")
         labels = []
         try:
-            for x, y in self._passes_in_order():
+            for x, y in self.batches_in_order():
                 (x if self.resize else np.round(x * 255)).astype(self._pixel_dtype).tofile(pixels)
                 labels.append(y)
             pixels.flush()
@@ -250,14 +250,16 @@ class Stream:
     def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The split read whole, in index order: (x float32 ``[N, H, W, C]`` in
         ``[0, 1]``, y int64 ``[N]`` or None)."""
-        parts = list(self._passes_in_order())
+        parts = list(self.batches_in_order())
         x = np.concatenate([p[0] for p in parts])
         return x, (np.concatenate([p[1] for p in parts]) if self.has_labels else None)
 
-    def _passes_in_order(self):
-        """The split's batches in index order, (x, y or None) numpy, unshuffled
-        and not binarised; a file that cannot be read raises its DataError."""
-        ds = self.dataset(256, shuffle=False, with_labels=self.has_labels)
+    def batches_in_order(self, batch_size: int = 256, *, binarize: str = "none", seed: int = 0):
+        """The split's batches in index order, (x, y or None) numpy, unshuffled,
+        binarised per `binarize` (dynamic: draws keyed by `seed`); a file that
+        cannot be read raises its DataError."""
+        ds = self.dataset(batch_size, shuffle=False, binarize=binarize, seed=seed,
+                          with_labels=self.has_labels)
         try:
             for b in ds.as_numpy_iterator():
                 yield b if self.has_labels else (b, None)
